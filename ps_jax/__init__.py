@@ -1,0 +1,3 @@
+"""ps_jax: Prompt Switch text-to-video retrieval in JAX/Flax."""
+
+__version__ = "0.1.0"
