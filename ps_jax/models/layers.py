@@ -1,0 +1,149 @@
+"""Shared transformer building blocks: attention, MLP, LayerNorm, partitioned params."""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Optional, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+Array = jax.Array
+Dtype = Any
+
+# jax.checkpoint policies selectable from config (`remat_policy`); "none" disables remat.
+REMAT_POLICIES = {
+    "full": None,  # save nothing, recompute the whole layer
+    "nothing_saveable": jax.checkpoint_policies.nothing_saveable,
+    "dots_saveable": jax.checkpoint_policies.dots_saveable,
+    "dots_with_no_batch_dims_saveable":
+        jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
+
+ATTENTION_IMPLS = ("xla", "dot_product_attention")
+
+
+def dense_init(stddev: float = 0.02):
+  return nn.initializers.normal(stddev)
+
+
+def partitioned(init: Callable, names: Sequence[Optional[str]]) -> Callable:
+  """Attaches logical axis names to a parameter initialiser (read by sharding rules)."""
+  return nn.with_logical_partitioning(init, tuple(names))
+
+
+def activation(name: str) -> Callable[[Array], Array]:
+  """The MLP activations of HF CLIP configs (`hidden_act`)."""
+  if name == "quick_gelu":
+    return lambda x: x * jax.nn.sigmoid(1.702 * x)
+  if name == "gelu":
+    return lambda x: jax.nn.gelu(x, approximate=False)
+  if name in ("gelu_new", "gelu_pytorch_tanh", "gelu_fast"):
+    return lambda x: jax.nn.gelu(x, approximate=True)
+  if name == "relu":
+    return jax.nn.relu
+  raise ValueError(f"Unsupported hidden_act {name!r}; expected one of quick_gelu, gelu, "
+                   "gelu_new, gelu_pytorch_tanh, relu")
+
+
+class LayerNorm(nn.Module):
+  """LayerNorm over the last axis, statistics in float32, params `scale` and `bias`."""
+  eps: float = 1e-5
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    d = x.shape[-1]
+    scale = self.param("scale", partitioned(nn.initializers.ones, ("norm",)), (d,))
+    bias = self.param("bias", partitioned(nn.initializers.zeros, ("norm",)), (d,))
+    x32 = x.astype(jnp.float32)
+    mean = jnp.mean(x32, axis=-1, keepdims=True)
+    var = jnp.mean(jnp.square(x32 - mean), axis=-1, keepdims=True)
+    y = (x32 - mean) * jax.lax.rsqrt(var + self.eps) * scale + bias
+    return y.astype(self.dtype)
+
+
+def Dense(features: int, names: tuple[str, str], *, use_bias: bool = True,
+          dtype: Dtype = jnp.float32, kernel_init: Callable = dense_init(),
+          name: Optional[str] = None) -> nn.Dense:
+  """nn.Dense with float32 params, `dtype` compute and logical names (in, out)."""
+  return nn.Dense(
+      features, use_bias=use_bias, dtype=dtype, param_dtype=jnp.float32,
+      kernel_init=partitioned(kernel_init, names),
+      bias_init=partitioned(nn.initializers.zeros, (names[1],)), name=name)
+
+
+def dot_product_attention(q: Array, k: Array, v: Array, bias: Optional[Array],
+                          impl: str = "xla") -> Array:
+  """Softmax attention.
+
+  Args:
+    q: [B, Tq, H, Dh]; k, v: [B, Tk, H, Dh].
+    bias: additive float32 mask broadcastable to [B, H, Tq, Tk], or None.
+    impl: "xla" (einsum + float32 softmax) or "dot_product_attention"
+      (`jax.nn.dot_product_attention`, cuDNN flash attention on GPU where shapes allow).
+
+  Returns:
+    [B, Tq, H, Dh] in q's dtype.
+  """
+  scale = q.shape[-1] ** -0.5
+  if impl == "dot_product_attention":
+    if bias is not None:
+      bias = bias.astype(q.dtype)
+    return jax.nn.dot_product_attention(q, k, v, bias=bias, scale=scale)
+  if impl != "xla":
+    raise ValueError(f"attention_impl must be one of {ATTENTION_IMPLS}, got {impl!r}")
+  logits = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32) * scale
+  if bias is not None:
+    logits = logits + bias
+  weights = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
+  return jnp.einsum("bhqk,bkhd->bqhd", weights, v)
+
+
+class MultiHeadAttention(nn.Module):
+  """HF CLIP attention: separate q/k/v/out projections with biases."""
+  num_heads: int
+  dtype: Dtype = jnp.float32
+  attention_impl: str = "xla"
+
+  @nn.compact
+  def __call__(self, x: Array, bias: Optional[Array] = None) -> Array:
+    """x: [B, T, D]; bias: additive mask broadcastable to [B, H, T, T] -> [B, T, D]."""
+    d = x.shape[-1]
+    if d % self.num_heads:
+      raise ValueError(f"width {d} is not divisible by num_heads {self.num_heads}")
+    head_dim = d // self.num_heads
+
+    def proj(name):
+      y = Dense(d, ("embed", "joined_kv"), dtype=self.dtype, name=name)(x)
+      return y.reshape(*x.shape[:-1], self.num_heads, head_dim)
+
+    out = dot_product_attention(proj("q_proj"), proj("k_proj"), proj("v_proj"), bias,
+                                self.attention_impl)
+    out = out.reshape(*x.shape[:-1], d)
+    return Dense(d, ("joined_kv", "embed"), dtype=self.dtype, name="out_proj")(out)
+
+
+class Mlp(nn.Module):
+  """fc1 -> activation -> fc2."""
+  intermediate_size: int
+  hidden_act: str = "quick_gelu"
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    d = x.shape[-1]
+    h = Dense(self.intermediate_size, ("embed", "mlp"), dtype=self.dtype, name="fc1")(x)
+    h = activation(self.hidden_act)(h)
+    return Dense(d, ("mlp", "embed"), dtype=self.dtype, name="fc2")(h)
+
+
+def causal_bias(length: int) -> Array:
+  """float32[1, 1, L, L]: 0 on and below the diagonal, a large negative number above."""
+  keep = jnp.tril(jnp.ones((length, length), jnp.bool_))
+  return jnp.where(keep, 0.0, jnp.finfo(jnp.float32).min)[None, None]
+
+
+def padding_bias(attention_mask: Array) -> Array:
+  """attention_mask int[B, L] (1 = keep) -> float32[B, 1, 1, L] additive bias."""
+  return jnp.where(attention_mask[:, None, None, :] > 0, 0.0, jnp.finfo(jnp.float32).min)

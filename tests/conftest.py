@@ -1,0 +1,89 @@
+"""Shared pytest fixtures: tiny CLIP configs and HF checkpoints written to temp dirs."""
+
+import os
+import pathlib
+
+import numpy as np
+import pytest
+
+SHARED_DATA = pathlib.Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+def tiny_hf_clip_config(variant: str = "a") -> dict:
+  """Two tiny, deliberately different CLIP configs (patch, width, layers, heads, MLP)."""
+  if variant == "a":
+    text = dict(vocab_size=99, max_position_embeddings=16, hidden_size=32,
+                intermediate_size=37, num_hidden_layers=2, num_attention_heads=4)
+    vision = dict(image_size=32, patch_size=8, hidden_size=48, intermediate_size=64,
+                  num_hidden_layers=3, num_attention_heads=4)
+    proj = 24
+  else:
+    text = dict(vocab_size=130, max_position_embeddings=12, hidden_size=48,
+                intermediate_size=96, num_hidden_layers=3, num_attention_heads=2)
+    vision = dict(image_size=24, patch_size=4, hidden_size=32, intermediate_size=80,
+                  num_hidden_layers=2, num_attention_heads=2)
+    proj = 16
+  text.update(eos_token_id=text["vocab_size"] - 1, bos_token_id=text["vocab_size"] - 2,
+              pad_token_id=text["vocab_size"] - 1)
+  return {"text_config": text, "vision_config": vision, "projection_dim": proj}
+
+
+def randomize_torch_module(module, seed: int, std: float = 0.05) -> None:
+  """Gives every parameter random values (biases and LayerNorm scales included).
+
+  HF initialises biases to 0 and LayerNorm scales to 1, which would hide layout bugs.
+  """
+  import torch  # pylint: disable=g-import-not-at-top
+
+  gen = torch.Generator().manual_seed(seed)
+  with torch.no_grad():
+    for name, p in sorted(module.named_parameters()):
+      noise = torch.randn(p.shape, generator=gen) * std
+      if name.endswith("logit_scale"):
+        p.fill_(2.6592)
+      elif p.ndim == 1 and ("norm" in name and name.endswith("weight")):
+        p.copy_(1.0 + noise)
+      else:
+        p.copy_(noise)
+
+
+def write_tiny_hf_clip(out_dir: str, variant: str = "a", seed: int = 0) -> str:
+  """Builds a random `transformers.CLIPModel` and saves it with save_pretrained."""
+  import torch  # pylint: disable=g-import-not-at-top
+  import transformers  # pylint: disable=g-import-not-at-top
+
+  torch.manual_seed(seed)
+  config = transformers.CLIPConfig(**tiny_hf_clip_config(variant))
+  model = transformers.CLIPModel(config).eval()
+  randomize_torch_module(model, seed)
+  model.save_pretrained(out_dir, safe_serialization=True)
+  return out_dir
+
+
+def random_text_batch(rng: np.random.Generator, batch: int, length: int, vocab: int):
+  """BOS + random content + EOS + EOS padding; EOS = vocab - 1 (the largest id)."""
+  ids = np.full((batch, length), vocab - 1, np.int32)
+  mask = np.zeros((batch, length), np.int32)
+  for b in range(batch):
+    n = int(rng.integers(1, length - 1))
+    ids[b, 0] = vocab - 2
+    ids[b, 1:1 + n] = rng.integers(0, vocab - 2, n)
+    mask[b, :n + 2] = 1
+  return ids, mask
+
+
+@pytest.fixture(scope="session")
+def hf_clip_dirs(tmp_path_factory):
+  """{"a": dir, "b": dir}: two tiny random HF CLIP checkpoints."""
+  root = tmp_path_factory.mktemp("hf_clip")
+  return {v: write_tiny_hf_clip(str(root / v), v, seed=i) for i, v in enumerate("ab")}
+
+
+@pytest.fixture(scope="session")
+def clip_tokenizer_dir(tmp_path_factory):
+  """CLIP tokenizer files derived offline from ../shared/data's BPE merges."""
+  from ps_jax import tokenizer  # pylint: disable=g-import-not-at-top
+
+  out = str(tmp_path_factory.mktemp("clip_tok"))
+  tokenizer.write_clip_tokenizer_files(str(SHARED_DATA / "clip" / "bpe_simple_vocab_16e6.txt.gz"), out)
+  return out
