@@ -287,3 +287,68 @@ def clip_param_shapes(config: ClipConfig) -> Params:
   px = jnp.zeros((1, config.vision.image_size, config.vision.image_size, 3), jnp.float32)
   boxed = jax.eval_shape(lambda: CLIP(config).init(jax.random.PRNGKey(0), ids, px))
   return nn.unbox(boxed)["params"]
+
+
+# ----------------------------------------------------------------------------- Prompt Switch
+
+
+def _packed_attention(name: str, path: tuple[str, ...], layers: int = 0) -> list[Entry]:
+  """torch.nn.MultiheadAttention names <-> ps_jax PackedAttention params."""
+  return [Entry(f"{name}.in_proj_weight", path + ("in_proj_kernel",), "linear", layers),
+          Entry(f"{name}.in_proj_bias", path + ("in_proj_bias",), "copy", layers),
+          *_linear(f"{name}.out_proj", path + ("out_proj",), layers)]
+
+
+def prompt_switch_layout(clip_config: ClipConfig, num_prompts: int, aggregate: bool = True,
+                         num_captioner_layers: int = 2) -> list[Entry]:
+  """Layout of the official Prompt Switch `state_dict` names (`clip.` + HF names, ...)."""
+  out = clip_layout(clip_config, prefix="clip.")
+  if num_prompts:
+    out.append(Entry("clip.vision_model.encoder.prompt_embedding", ("vision_model", "prompt")))
+    if aggregate:
+      out += _packed_attention("clip.vision_model.attn", ("vision_model", "aggregation", "attn"))
+  n = num_captioner_layers
+  if n:
+    cap = ("caption",)
+    dec = cap + ("decoder",)
+    out += _norm("caption_prenorm", cap + ("prenorm",))
+    out += _packed_attention("caption_transformer.layers.{i}.self_attn", dec + ("self_attn",), n)
+    out += _packed_attention("caption_transformer.layers.{i}.multihead_attn",
+                             dec + ("multihead_attn",), n)
+    for lin in ("linear1", "linear2"):
+      out += _linear(f"caption_transformer.layers.{{i}}.{lin}", dec + (lin,), n)
+    for norm in ("norm1", "norm2", "norm3"):
+      out += _norm(f"caption_transformer.layers.{{i}}.{norm}", dec + (norm,), n)
+    out += _norm("caption_transformer.norm", cap + ("norm",))
+    out += _linear("caption_head", cap + ("head",))
+  return out
+
+
+def read_official_checkpoint(path: str, use_ema: bool = False) -> dict[str, np.ndarray]:
+  """The `state_dict` (or `state_dict_ema`) of an official Prompt Switch `.pth` file.
+
+  Loaded with `torch.load(weights_only=True)`: tensors and plain containers only, never
+  arbitrary pickled objects.
+  """
+  try:
+    import torch  # pylint: disable=g-import-not-at-top
+  except ImportError as e:
+    raise ImportError(f"reading {path!r} needs PyTorch (pip install torch==2.13.0); or "
+                      "convert it once with ps_jax.convert.official_to_safetensors") from e
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"No such checkpoint: {path!r}")
+  try:
+    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+  except Exception as e:  # torch raises many types for corrupt or unsafe files
+    raise ValueError(f"Cannot read {path!r} as a weights-only PyTorch checkpoint: {e}") from e
+  key = "state_dict_ema" if use_ema else "state_dict"
+  if isinstance(ckpt, Mapping) and key in ckpt:
+    state = ckpt[key]
+  elif isinstance(ckpt, Mapping) and not use_ema and all(
+      hasattr(v, "shape") for v in ckpt.values()):
+    state = ckpt  # a bare state_dict
+  else:
+    found = sorted(ckpt) if isinstance(ckpt, Mapping) else type(ckpt).__name__
+    raise ValueError(f"{path!r} has no {key!r} entry (found {found})")
+  # Checkpoints saved from DataParallel / DDP prefix every name with "module.".
+  return {k.removeprefix("module."): v.float().numpy() for k, v in state.items()}

@@ -261,8 +261,9 @@ class VisionEmbeddings(nn.Module):
 class PromptAggregation(nn.Module):
   """Per chunk, the P CLS states attend to the chunk's P*P final prompt states.
 
-  torch.nn.MultiheadAttention semantics: packed q/k/v in-projection with bias, heads =
-  vision heads, output projection initialised to zero (so it starts as the identity).
+  torch.nn.MultiheadAttention semantics (packed in-projection with bias, heads = vision
+  heads), no LayerNorm on the prompts, output projection initialised to zero so that
+  it starts as the identity: cls <- cls + attn(cls, prompts).
   """
   num_heads: int
   num_prompts: int
@@ -274,16 +275,9 @@ class PromptAggregation(nn.Module):
     """cls: [C*P, D]; prompts: [C*P, P, D] (chunk-major frames) -> updated cls [C*P, D]."""
     p = self.num_prompts
     cp, d = cls.shape
-    h, dh = self.num_heads, d // self.num_heads
-    w = L.Dense(3 * d, ("embed", "joined_kv"), dtype=self.dtype,
-                kernel_init=nn.initializers.xavier_uniform(), name="in_proj")
-    q = w(cls.reshape(cp // p, p, d))[..., :d]
-    kv = w(prompts.reshape(cp // p, p * p, d))[..., d:]
-    k, v = kv[..., :d], kv[..., d:]
-    split = lambda t: t.reshape(*t.shape[:-1], h, dh)
-    out = L.dot_product_attention(split(q), split(k), split(v), None, self.attention_impl)
-    out = L.Dense(d, ("joined_kv", "embed"), dtype=self.dtype,
-                  kernel_init=nn.initializers.zeros, name="out_proj")(out.reshape(-1, p, d))
+    out = L.PackedAttention(self.num_heads, self.dtype, self.attention_impl, zero_out=True,
+                            name="attn")(cls.reshape(cp // p, p, d),
+                                         prompts.reshape(cp // p, p * p, d))
     return cls + out.reshape(cp, d)
 
 

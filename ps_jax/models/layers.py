@@ -147,3 +147,36 @@ def causal_bias(length: int) -> Array:
 def padding_bias(attention_mask: Array) -> Array:
   """attention_mask int[B, L] (1 = keep) -> float32[B, 1, 1, L] additive bias."""
   return jnp.where(attention_mask[:, None, None, :] > 0, 0.0, jnp.finfo(jnp.float32).min)
+
+
+class PackedAttention(nn.Module):
+  """`torch.nn.MultiheadAttention` semantics: packed q/k/v in-projection with bias.
+
+  Params: in_proj/{kernel [D, 3D], bias [3D]} (torch in_proj_weight transposed) and
+  out_proj/{kernel, bias}; `zero_out` initialises the output projection to zero.
+  """
+  num_heads: int
+  dtype: Dtype = jnp.float32
+  attention_impl: str = "xla"
+  zero_out: bool = False
+
+  @nn.compact
+  def __call__(self, x: Array, memory: Array, bias: Optional[Array] = None) -> Array:
+    """x: [B, Tq, D] queries; memory: [B, Tk, D] keys/values -> [B, Tq, D]."""
+    d = x.shape[-1]
+    if d % self.num_heads:
+      raise ValueError(f"width {d} is not divisible by num_heads {self.num_heads}")
+    kernel = self.param("in_proj_kernel", partitioned(nn.initializers.xavier_uniform(),
+                                                      ("embed", "joined_kv")), (d, 3 * d))
+    in_bias = self.param("in_proj_bias", partitioned(nn.initializers.zeros, ("joined_kv",)),
+                         (3 * d,))
+    kernel, in_bias = kernel.astype(self.dtype), in_bias.astype(self.dtype)
+    x, memory = x.astype(self.dtype), memory.astype(self.dtype)
+    split = lambda t: t.reshape(*t.shape[:-1], self.num_heads, d // self.num_heads)
+    q = split(x @ kernel[:, :d] + in_bias[:d])
+    k = split(memory @ kernel[:, d:2 * d] + in_bias[d:2 * d])
+    v = split(memory @ kernel[:, 2 * d:] + in_bias[2 * d:])
+    out = dot_product_attention(q, k, v, bias, self.attention_impl).reshape(*x.shape[:-1], d)
+    out_init = nn.initializers.zeros if self.zero_out else dense_init()
+    return Dense(d, ("joined_kv", "embed"), dtype=self.dtype, kernel_init=out_init,
+                 name="out_proj")(out)

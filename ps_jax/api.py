@@ -1,0 +1,125 @@
+"""Public entry point: `load_model` from HF CLIP, official `.pth`, or ps_jax checkpoints."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Any, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ps_jax import convert
+from ps_jax.models.clip import ClipConfig, Compute, init_params
+from ps_jax.models.prompt_switch import PromptSwitch, PromptSwitchConfig
+
+
+def build_model(clip_config: ClipConfig, num_prompts: int = 6, **overrides) -> PromptSwitch:
+  """A PromptSwitch module; overrides are PromptSwitchConfig or Compute fields.
+
+  `num_prompts=0` defaults to no caption head (plain CLIP with mean pooling).
+  """
+  ps_fields = {f.name for f in dataclasses.fields(PromptSwitchConfig)}
+  compute_fields = {f.name for f in dataclasses.fields(Compute)}
+  unknown = sorted(set(overrides) - ps_fields - compute_fields)
+  if unknown:
+    raise TypeError(f"unknown load_model options {unknown}; expected fields of "
+                    f"PromptSwitchConfig {sorted(ps_fields)} or Compute {sorted(compute_fields)}")
+  ps = {k: v for k, v in overrides.items() if k in ps_fields}
+  if num_prompts == 0:
+    ps.setdefault("num_captioner_layers", 0)
+  config = PromptSwitchConfig(num_prompts=num_prompts, **ps).validate(clip_config)
+  compute = Compute(**{k: v for k, v in overrides.items() if k in compute_fields}).validate()
+  return PromptSwitch(clip_config, config, compute)
+
+
+def dummy_inputs(model: PromptSwitch) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """Smallest (input_ids, attention_mask, frames) that `model.init` accepts."""
+  size = model.clip.vision.image_size
+  frames = jnp.zeros((1, max(model.config.num_prompts, 1), size, size, 3), jnp.float32)
+  ids = jnp.zeros((1, 2), jnp.int32)
+  return ids, jnp.ones_like(ids), frames
+
+
+def init_model_params(model: PromptSwitch, rng: jax.Array) -> dict:
+  """Fresh float32 params for every parameter of `model` (DESIGN.md initialisation)."""
+  return init_params(model, rng, *dummy_inputs(model))
+
+
+def param_shapes(model: PromptSwitch) -> dict:
+  """Tree of ShapeDtypeStructs of `model`'s params, without computing anything."""
+  import flax.linen as nn  # pylint: disable=g-import-not-at-top
+
+  boxed = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), *dummy_inputs(model)))
+  return nn.unbox(boxed)["params"]
+
+
+def merge_clip_params(fresh: dict, clip_params: dict) -> dict:
+  """Replaces the CLIP subtrees of `fresh` by `clip_params` and re-initialises the
+  caption head's output layer as a copy of the (loaded) token embedding."""
+  params = jax.tree_util.tree_map(np.asarray, fresh)
+  for key, value in clip_params.items():
+    if key in ("text_model", "vision_model"):
+      params[key] = {**params[key], **value}
+    else:
+      params[key] = value
+  if "caption" in params:
+    table = params["text_model"]["token_embedding"]["embedding"]
+    params["caption"]["head"]["kernel"] = np.array(table.T)
+    params["caption"]["head"]["bias"] = np.zeros(table.shape[0], np.float32)
+  return params
+
+
+def load_model(path: str, *, clip_config: Any = None, num_prompts: int = 6,
+               rng: Optional[jax.Array] = None, use_ema: bool = False, **overrides):
+  """Loads a Prompt Switch model and its float32 params.
+
+  Args:
+    path: a HF CLIP directory (config.json + model.safetensors; the new parameters are
+      freshly initialised), an official Prompt Switch `.pth` checkpoint, or a ps_jax
+      checkpoint directory (written by training).
+    clip_config: for a `.pth` only: a HF CLIPConfig, a dict or a directory with
+      config.json; default ViT-B/32.
+    num_prompts: P; 0 = plain CLIP with mean pooling (no cube, no aggregation, no head).
+    rng: PRNG key for new parameters (default PRNGKey(0)).
+    use_ema: for a `.pth`, load `state_dict_ema` instead of `state_dict`.
+    **overrides: PromptSwitchConfig fields (switch, aggregate, num_captioner_layers) and
+      Compute fields (dtype, remat_policy, scan_unroll, attention_impl).
+
+  Returns:
+    (model, params): a flax.linen Module and a params pytree; use
+    `model.apply({"params": params}, ..., method="encode_text")` etc.
+  """
+  rng = jax.random.PRNGKey(0) if rng is None else rng
+  if os.path.isdir(path) and os.path.exists(os.path.join(path, "ps_jax_model.json")):
+    from ps_jax import checkpoints  # pylint: disable=g-import-not-at-top
+    return checkpoints.load_model_dir(path, **overrides)
+  if path.endswith((".pth", ".pt", ".bin")):
+    config = ClipConfig() if clip_config is None else ClipConfig.from_hf(clip_config)
+    model = build_model(config, num_prompts, **overrides)
+    state = convert.read_official_checkpoint(path, use_ema=use_ema)
+    layout = convert.prompt_switch_layout(config, num_prompts, model.config.aggregate,
+                                          model.config.num_captioner_layers)
+    params = convert.import_tensors(state, layout, param_shapes(model), source=path)
+    return model, params
+  if os.path.isdir(path):
+    if clip_config is not None:
+      raise ValueError("clip_config is only for .pth checkpoints; a HF directory has its own "
+                       "config.json")
+    config = ClipConfig.from_hf(path)
+    model = build_model(config, num_prompts, **overrides)
+    _, clip_params = convert.load_hf_clip(path)
+    return model, merge_clip_params(init_model_params(model, rng), clip_params)
+  raise FileNotFoundError(f"{path!r} is neither a HF CLIP directory, a .pth checkpoint nor a "
+                          "ps_jax checkpoint directory")
+
+
+def export_official(params: dict, model: PromptSwitch, out_path: str) -> None:
+  """Writes params to a safetensors file with the official Prompt Switch names."""
+  import safetensors.numpy  # pylint: disable=g-import-not-at-top
+
+  layout = convert.prompt_switch_layout(model.clip, model.config.num_prompts,
+                                        model.config.aggregate,
+                                        model.config.num_captioner_layers)
+  safetensors.numpy.save_file(convert.export_tensors(params, layout), out_path)
