@@ -13,7 +13,7 @@ Protocol (the one of the Prompt Switch / X-Pool / CLIP4Clip evaluation code):
 - DSL (dual softmax, Cheng et al. 2021 "CAMoE") is a post-processing step that uses the
   whole test set at once; its numbers are always reported separately and labelled "dsl".
 
-Ranks are computed by counting with chunked comparisons, in O(chunk x V) extra memory.
+Ranks are computed by counting with chunked comparisons (about 16M entries at a time).
 """
 
 from __future__ import annotations
@@ -30,8 +30,8 @@ RECALL_KS = (1, 5, 10, 50)
 METRIC_KEYS = tuple(f"R@{k}" for k in RECALL_KS) + ("MdR", "MnR")
 DIRECTIONS = ("t2v", "v2t")
 DSL_TEMPERATURE = 100.0
-# Rows (or columns) compared at once when counting ranks; bounds memory to _CHUNK x V.
-_CHUNK = 4096
+# Score entries compared at once when counting ranks (rows per chunk = this // columns).
+_CHUNK_ELEMENTS = 1 << 24
 
 Metrics = dict[str, dict[str, float]]
 
@@ -101,10 +101,11 @@ def _check_inputs(sim, text_to_video) -> tuple[np.ndarray, np.ndarray]:
 def _pessimistic_ranks(scores: np.ndarray, true_idx: np.ndarray) -> np.ndarray:
   """int64[Q] 1-based ranks: per row, the count of entries >= the true entry's score."""
   ranks = np.empty(scores.shape[0], np.int64)
-  for start in range(0, scores.shape[0], _CHUNK):
-    block = scores[start:start + _CHUNK]
-    true = block[np.arange(block.shape[0]), true_idx[start:start + _CHUNK]]
-    ranks[start:start + _CHUNK] = np.count_nonzero(block >= true[:, None], axis=1)
+  chunk = max(1, _CHUNK_ELEMENTS // max(scores.shape[1], 1))
+  for start in range(0, scores.shape[0], chunk):
+    block = scores[start:start + chunk]
+    true = block[np.arange(block.shape[0]), true_idx[start:start + chunk]]
+    ranks[start:start + chunk] = np.count_nonzero(block >= true[:, None], axis=1)
   return ranks
 
 
