@@ -1,0 +1,238 @@
+"""TFDS builders (ArrayRecord) for prepared video-text datasets, and reading them back.
+
+On disk a prepared dataset is a TFDS dataset directory `DATA_DIR/<name>[/<config>]/
+<version>/` written by a `tfds.core.GeneratorBasedBuilder` with
+`file_format="array_record"` (no TensorFlow needed to write or read). One record per
+video:
+
+  video_id           str
+  captions           str[num_captions]   every caption of the video
+  frames             uint8[K, H, W, 3]   raw bytes (no image/video codec), K <= K_max
+  frame_indices      int32[K]            index of each kept frame in the source video
+  num_source_frames  int32               frames the source video yielded
+
+Records are written in annotation order (`disable_shuffling`), so record i is the i-th
+written video of its split. Next to the TFDS files, `ps_jax_index.json` holds every
+split's video ids and captions (so the training pipeline can enumerate (video,
+caption) pairs without reading frames) and the virtual splits: for MSR-VTT and LSMDC
+`train` is the official training set minus a seeded hold-out, `val` is the hold-out and
+`train_full` the whole official training set.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import re
+from typing import Callable, Mapping, Sequence
+
+import numpy as np
+import tensorflow_datasets as tfds
+
+INDEX_FILE = "ps_jax_index.json"
+INDEX_FORMAT = 1
+_VERSION_RE = re.compile(r"^\d+\.\d+\.\d+$")
+
+
+def features() -> tfds.features.FeaturesDict:
+  """The TFDS feature spec of one video record (see the module docstring)."""
+  return tfds.features.FeaturesDict({
+      "video_id": tfds.features.Text(),
+      "captions": tfds.features.Sequence(tfds.features.Text()),
+      "frames": tfds.features.Tensor(shape=(None, None, None, 3), dtype=np.uint8,
+                                     encoding=tfds.features.Encoding.BYTES),
+      "frame_indices": tfds.features.Tensor(shape=(None,), dtype=np.int32),
+      "num_source_frames": tfds.features.Tensor(shape=(), dtype=np.int32),
+  })
+
+
+@dataclasses.dataclass
+class PlannedVideo:
+  """A video to write: ids and captions now, frames on demand.
+
+  `load()` returns (frames uint8[K, H, W, 3], frame_indices int32[K], num_source_frames).
+  """
+  video_id: str
+  captions: tuple[str, ...]
+  load: Callable[[], tuple[np.ndarray, np.ndarray, int]]
+
+
+class _VideoTextBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+  """Writes planned videos per split; `plan` maps physical split -> PlannedVideo list."""
+
+  VERSION = tfds.core.Version("1.0.0")
+  RELEASE_NOTES = {"1.0.0": "Pre-decoded uint8 frames and all captions per video."}
+  DESCRIPTION = "Video-text retrieval dataset prepared by ps_jax.data.prepare."
+
+  def __init__(self, *, plan: Mapping[str, Sequence[PlannedVideo]] | None = None,
+               index: dict | None = None, extra_files: Mapping[str, str] | None = None,
+               **kwargs):
+    self._plan = plan or {}
+    self._index = index
+    self._extra_files = dict(extra_files or {})
+    super().__init__(file_format="array_record", **kwargs)
+
+  @tfds.core.utils.classproperty
+  @classmethod
+  def code_path(cls):
+    # No checksums or metadata files live beside this code; TFDS's lookup of them would
+    # need the optional `importlib_resources` package.
+    return None
+
+  def _info(self) -> tfds.core.DatasetInfo:
+    return tfds.core.DatasetInfo(builder=self, description=self.DESCRIPTION,
+                                 features=features(), disable_shuffling=True)
+
+  def _split_generators(self, dl_manager):
+    del dl_manager
+    return {split: self._generate_examples(split) for split in self._plan}
+
+  def _generate_examples(self, split):
+    for i, video in enumerate(self._plan[split]):
+      frames, frame_indices, num_source_frames = video.load()
+      yield i, {"video_id": video.video_id, "captions": list(video.captions),
+                "frames": np.ascontiguousarray(frames, dtype=np.uint8),
+                "frame_indices": np.asarray(frame_indices, np.int32),
+                "num_source_frames": np.int32(num_source_frames)}
+
+  def _download_and_prepare(self, dl_manager, download_config):
+    super()._download_and_prepare(dl_manager, download_config)
+    # self.data_dir is TFDS's incomplete directory here: renamed atomically when done.
+    files = dict(self._extra_files)
+    if self._index is not None:
+      files[INDEX_FILE] = json.dumps(self._index)
+    for name, text in files.items():
+      with open(os.path.join(self.data_dir, name), "w", encoding="utf-8") as f:
+        f.write(text)
+
+
+class Msrvtt(_VideoTextBuilder, skip_registration=True):
+  """MSR-VTT: config 9k or 7k training videos; test = 1k-A."""
+  BUILDER_CONFIGS = [tfds.core.BuilderConfig(name="9k"), tfds.core.BuilderConfig(name="7k")]
+
+
+class Msvd(_VideoTextBuilder, skip_registration=True):
+  """MSVD: train / val / test lists, all captions."""
+
+
+class Lsmdc(_VideoTextBuilder, skip_registration=True):
+  """LSMDC: training clips / 1,000-clip public test, one caption per clip."""
+
+
+class MovingShapes(_VideoTextBuilder, skip_registration=True):
+  """moving_shapes synthetic benchmark; config = size preset ("demo", "tiny", "custom")."""
+  BUILDER_CONFIGS = [tfds.core.BuilderConfig(name=n) for n in ("demo", "tiny", "custom")]
+
+
+class Synthetic(_VideoTextBuilder, skip_registration=True):
+  """Any video-text data made in memory (tests, benchmarks, custom data)."""
+
+
+BUILDERS = {"msrvtt": Msrvtt, "msvd": Msvd, "lsmdc": Lsmdc, "moving_shapes": MovingShapes,
+            "synthetic": Synthetic}
+
+
+# ----------------------------------------------------------------------------- reading
+
+
+class DatasetNotFoundError(FileNotFoundError):
+  """No prepared dataset where asked; the message lists what is there."""
+
+
+def _versions(path: str) -> list[str]:
+  if not os.path.isdir(path):
+    return []
+  found = [d for d in os.listdir(path) if _VERSION_RE.match(d)
+           and os.path.isfile(os.path.join(path, d, "dataset_info.json"))]
+  return sorted(found, key=lambda v: tuple(int(x) for x in v.split(".")))
+
+
+def dataset_dir(data_dir: str, dataset_name: str) -> str:
+  """Directory of the newest complete version of `dataset_name` under `data_dir`.
+
+  Args:
+    data_dir: the prepare step's `--out_dir`.
+    dataset_name: "msrvtt/9k", "msvd", "lsmdc", "moving_shapes/demo", ...; a name
+      without config works when exactly one config has been prepared.
+  """
+  base = os.path.join(data_dir, *dataset_name.split("/"))
+  versions = _versions(base)
+  if versions:
+    return os.path.join(base, versions[-1])
+  configs = sorted(c for c in (os.listdir(base) if os.path.isdir(base) else [])
+                   if _versions(os.path.join(base, c)))
+  if len(configs) == 1:
+    return os.path.join(base, configs[0], _versions(os.path.join(base, configs[0]))[-1])
+  if configs:
+    raise DatasetNotFoundError(
+        f"{base!r} holds several prepared configs {configs}: name one, e.g. "
+        f"'{dataset_name}/{configs[0]}'")
+  present = sorted(os.listdir(data_dir)) if os.path.isdir(data_dir) else []
+  raise DatasetNotFoundError(
+      f"No prepared dataset {dataset_name!r} in data_dir {data_dir!r} (it holds "
+      f"{present}); run `python -m ps_jax.data.prepare --dataset ... --out_dir "
+      f"{data_dir}` first")
+
+
+def read_index(version_dir: str) -> dict:
+  """Reads `ps_jax_index.json` of a prepared dataset version directory."""
+  path = os.path.join(version_dir, INDEX_FILE)
+  try:
+    with open(path, encoding="utf-8") as f:
+      index = json.load(f)
+  except (OSError, json.JSONDecodeError) as e:
+    raise DatasetNotFoundError(f"{path!r} is missing or unreadable ({e}); was this "
+                               "directory written by ps_jax.data.prepare?") from e
+  if index.get("format") != INDEX_FORMAT:
+    raise ValueError(f"{path!r} has index format {index.get('format')}, expected "
+                     f"{INDEX_FORMAT}")
+  return index
+
+
+@dataclasses.dataclass
+class SplitData:
+  """One (possibly virtual) split of a prepared dataset.
+
+  Attributes:
+    version_dir: the TFDS dataset directory.
+    split: requested split name; physical_split: the TFDS split it reads.
+    records: int64[V] record index (in the physical split) of each video.
+    video_ids: V ids; captions: V caption tuples (same order as `records`).
+    index: the whole `ps_jax_index.json`.
+  """
+  version_dir: str
+  split: str
+  physical_split: str
+  records: np.ndarray
+  video_ids: list[str]
+  captions: list[tuple[str, ...]]
+  index: dict
+
+  @property
+  def num_videos(self) -> int:
+    return len(self.video_ids)
+
+  def open_source(self):
+    """The TFDS ArrayRecord data source of the physical split (random access by record)."""
+    builder = tfds.builder_from_directory(self.version_dir)
+    return builder.as_data_source(split=self.physical_split)
+
+
+def load_split(data_dir: str, dataset_name: str, split: str) -> SplitData:
+  """Resolves a split name ("train", "val", "test", "train_full") of a prepared dataset."""
+  version_dir = dataset_dir(data_dir, dataset_name)
+  index = read_index(version_dir)
+  splits = index["splits"]
+  if split not in splits:
+    raise ValueError(f"Split {split!r} not in {version_dir!r}; available: "
+                     f"{sorted(splits)}")
+  spec = splits[split]
+  physical = index["physical"][spec["source"]]
+  records = (np.arange(len(physical["video_ids"]), dtype=np.int64)
+             if spec["records"] is None else np.asarray(spec["records"], np.int64))
+  return SplitData(version_dir=version_dir, split=split, physical_split=spec["source"],
+                   records=records,
+                   video_ids=[physical["video_ids"][r] for r in records],
+                   captions=[tuple(physical["captions"][r]) for r in records],
+                   index=index)
