@@ -1,0 +1,480 @@
+"""grain input pipelines over prepared (TFDS ArrayRecord) datasets: training and evaluation.
+
+Training (`make_train_loader`): one example per (video, caption) pair, every pair at
+most once per epoch, in a seeded per-epoch order whose global batches never hold the
+same video twice (`distinct_video_batches`). Frames are sampled with the chunked `rand`
+scheme (F = C * P), cropped with one RandomResizedCrop and one flip per clip, and
+captions tokenized to a fixed length. Each process reads only its slice of every global
+batch. Batches (b = global_batch_size / shard_count):
+
+  {"frames": uint8[b, F, S, S, 3], "input_ids": int32[b, L], "attention_mask": int32[b, L]}
+
+The iterator is checkpointable: `it = iter(loader)`, `state = it.get_state()` (a small
+JSON-serialisable dict), and in a new process `it.set_state(state)` continues with
+exactly the next batch. Same seed, same batches, whatever the worker count.
+
+Evaluation (`make_eval_data`): each video once (`uniform` sampling, bicubic short-side
+resize + centre crop), global batches padded at the end:
+
+  {"frames": uint8[b, F, S, S, 3], "video_index": int32[b], "mask": bool[b]}
+
+(padding rows: mask False, video_index -1, zero frames) plus all captions as arrays
+`input_ids int32[T, L]`, `attention_mask int32[T, L]`, `text_to_video int32[T]`.
+Frames stay uint8; `normalize_frames` applies CLIP's mean/std on host or device.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import sys
+import threading
+from typing import Any, Sequence
+
+import grain
+import numpy as np
+
+from ps_jax.data import builders
+from ps_jax.data import transforms
+from ps_jax.data.transforms import normalize_frames  # pylint: disable=unused-import
+
+_ORDER_SALT = 0x70616972  # separates the ordering stream from the augmentation streams
+_INFINITE_EPOCHS = sys.maxsize // 2**24
+
+
+# ----------------------------------------------------------------------------- ordering
+
+
+def batches_per_epoch(caption_counts: Sequence[int], batch_size: int) -> int:
+  """Largest R such that R batches of `batch_size` distinct videos exist.
+
+  A video with c captions can appear in at most min(c, R) of R batches, so R is the
+  largest value with sum_v min(c_v, R) >= R * batch_size.
+  """
+  counts = np.asarray(caption_counts, np.int64)
+  lo, hi = 0, int(counts.sum()) // batch_size
+  while lo < hi:  # f(R) = sum(min(c, R)) - R * G is concave with f(0) = 0
+    mid = (lo + hi + 1) // 2
+    if np.minimum(counts, mid).sum() >= mid * batch_size:
+      lo = mid
+    else:
+      hi = mid - 1
+  return lo
+
+
+def distinct_video_batches(caption_counts: Sequence[int], batch_size: int, seed: int,
+                           epoch: int) -> np.ndarray:
+  """Seeded order of (video, caption) pairs for one epoch, in batches of distinct videos.
+
+  Pairs are drawn in a uniformly random order (seed, epoch) and put into the current
+  batch unless its video is already there (then they wait for the next batch). A video
+  whose remaining pairs equal the remaining batches is "tight" and goes into the
+  current batch first; this keeps every remaining video at most one pair per remaining
+  batch, so the construction never gets stuck. Before that, pairs a video cannot fit
+  (more than R captions) and the N - R * G remainder are dropped, chosen at random.
+
+  Args:
+    caption_counts: c_v captions of each of the V videos.
+    batch_size: G, the GLOBAL batch size.
+    seed, epoch: the order is a pure function of (caption_counts, G, seed, epoch).
+
+  Returns:
+    int64[R, G, 2]: (video position, caption index) of every slot; R =
+    `batches_per_epoch(caption_counts, G)`. No batch repeats a video; no pair repeats.
+  """
+  counts = np.asarray(caption_counts, np.int64)
+  g = int(batch_size)
+  r = batches_per_epoch(counts, g)
+  if r == 0:
+    raise ValueError(f"global batch size {g} needs at least {g} videos with captions; "
+                     f"the split has {int((counts > 0).sum())}")
+  rng = np.random.default_rng([seed, epoch, _ORDER_SALT])
+  n = int(counts.sum())
+  video_of = np.repeat(np.arange(len(counts)), counts)
+  starts = np.cumsum(counts) - counts
+  caption_of = np.arange(n) - np.repeat(starts, counts)
+  stream = rng.permutation(n)
+  # Keep each video's first min(c, R) pairs in stream order, then the first R * G.
+  rank = np.empty(n, np.int64)
+  order = np.argsort(video_of[stream], kind="stable")
+  sorted_videos = video_of[stream][order]
+  group_start = np.searchsorted(sorted_videos, sorted_videos, side="left")
+  rank[order] = np.arange(n) - group_start
+  stream = stream[rank < r][:r * g]
+
+  stream_videos = video_of[stream].tolist()
+  remaining = collections.Counter(stream_videos)
+  by_count = collections.defaultdict(set)
+  for v, c in remaining.items():
+    by_count[c].add(v)
+  positions = collections.defaultdict(collections.deque)
+  for pos, v in enumerate(stream_videos):
+    positions[v].append(pos)
+  used = np.zeros(len(stream), bool)
+  deferred = collections.deque()
+  out = np.empty((r, g), np.int64)
+  ptr = 0
+  for t in range(r):
+    left = r - t
+    batch, members = [], set()
+
+    def take(pos, batch=batch, members=members):
+      v = stream_videos[pos]
+      used[pos] = True
+      batch.append(pos)
+      members.add(v)
+      by_count[remaining[v]].discard(v)
+      remaining[v] -= 1
+      by_count[remaining[v]].add(v)
+
+    for v in sorted(by_count.get(left, ())):  # tight videos first
+      q = positions[v]
+      while used[q[0]]:
+        q.popleft()
+      take(q.popleft())
+    keep = collections.deque()
+    while deferred and len(batch) < g:
+      pos = deferred.popleft()
+      if used[pos]:
+        continue
+      if stream_videos[pos] in members:
+        keep.append(pos)
+      else:
+        take(pos)
+    deferred.extendleft(reversed(keep))
+    while len(batch) < g:
+      pos = ptr
+      ptr += 1
+      if used[pos]:
+        continue
+      if stream_videos[pos] in members:
+        deferred.append(pos)
+      else:
+        take(pos)
+    out[t] = batch
+  out = rng.permuted(out, axis=1)  # slot order within a batch: random
+  return np.stack([video_of[stream[out]], caption_of[stream[out]]], axis=-1)
+
+
+# ----------------------------------------------------------------------------- datasets
+
+
+def _resolve_shards(shard_index, shard_count):
+  if shard_index is None or shard_count is None:
+    import jax  # pylint: disable=g-import-not-at-top
+    shard_index = jax.process_index() if shard_index is None else shard_index
+    shard_count = jax.process_count() if shard_count is None else shard_count
+  if not 0 <= shard_index < shard_count:
+    raise ValueError(f"shard_index {shard_index} not in [0, shard_count={shard_count})")
+  return int(shard_index), int(shard_count)
+
+
+class _Frames:
+  """Reads stored frames of a record; opens the TFDS data source lazily per process."""
+
+  def __init__(self, split: builders.SplitData):
+    self.version_dir, self.physical_split = split.version_dir, split.physical_split
+    self._source = None
+    self._lock = threading.Lock()
+
+  def __getstate__(self):
+    return {"version_dir": self.version_dir, "physical_split": self.physical_split}
+
+  def __setstate__(self, state):
+    self.__dict__.update(state)
+    self._source = None
+    self._lock = threading.Lock()
+
+  def __call__(self, record: int) -> np.ndarray:
+    if self._source is None:
+      with self._lock:
+        if self._source is None:
+          import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+          builder = tfds.builder_from_directory(self.version_dir)
+          self._source = builder.as_data_source(split=self.physical_split)
+    return self._source[int(record)]["frames"]
+
+
+class ReadFrames(grain.transforms.Map):
+  """element["record"] -> element["frames"] uint8[K, H, W, 3] from the prepared dataset."""
+
+  def __init__(self, frames: _Frames):
+    self.frames = frames
+
+  def map(self, element: dict[str, Any]) -> dict[str, Any]:
+    return element | {"frames": self.frames(element["record"])}
+
+
+class _TrainPairs(grain.MapDataset):
+  """Local example k -> {"record", "caption", "rng"} of this process's batch slots."""
+
+  def __init__(self, split: builders.SplitData, global_batch_size: int, shard_index: int,
+               shard_count: int, seed: int, num_epochs: int | None):
+    super().__init__()
+    self._records = split.records
+    self._captions = split.captions
+    self._counts = [len(c) for c in split.captions]
+    self._g = global_batch_size
+    self._local = global_batch_size // shard_count
+    self._offset = shard_index * self._local
+    self._seed = seed
+    self.steps_per_epoch = batches_per_epoch(self._counts, global_batch_size)
+    if self.steps_per_epoch == 0:
+      raise ValueError(f"Split {split.split!r} of {split.version_dir!r} has "
+                       f"{sum(c > 0 for c in self._counts)} videos with captions, fewer "
+                       f"than global_batch_size={global_batch_size}")
+    self._epochs = _INFINITE_EPOCHS if num_epochs is None else num_epochs
+    self._orders: dict[int, np.ndarray] = {}
+    self._lock = threading.Lock()
+
+  def __getstate__(self):
+    state = self.__dict__.copy()
+    state["_orders"], state["_lock"] = {}, None
+    return state
+
+  def __setstate__(self, state):
+    self.__dict__.update(state)
+    self._lock = threading.Lock()
+
+  def __len__(self) -> int:
+    return self._epochs * self.steps_per_epoch * self._local
+
+  def _order(self, epoch: int) -> np.ndarray:
+    with self._lock:
+      if epoch not in self._orders:
+        if len(self._orders) >= 2:
+          self._orders.pop(min(self._orders))
+        self._orders[epoch] = distinct_video_batches(self._counts, self._g, self._seed, epoch)
+      return self._orders[epoch]
+
+  def __getitem__(self, index):
+    if isinstance(index, slice):
+      return self.slice(index)
+    if not 0 <= index < len(self):
+      raise IndexError(f"index {index} out of range [0, {len(self)})")
+    step, slot = divmod(int(index), self._local)
+    epoch, t = divmod(step, self.steps_per_epoch)
+    j = self._offset + slot
+    video, caption = self._order(epoch)[t, j]
+    return {"record": int(self._records[video]), "caption": self._captions[video][caption],
+            "rng": np.random.default_rng([self._seed, epoch, t, j])}
+
+
+@dataclasses.dataclass
+class TrainLoader:
+  """Training batches of one process (iterate it; the iterator has get/set_state).
+
+  Attributes:
+    dataset: grain IterDataset of local batches {"frames": uint8[b, F, S, S, 3],
+      "input_ids": int32[b, L], "attention_mask": int32[b, L]}.
+    steps_per_epoch: global batches per epoch (R).
+    num_pairs: (video, caption) pairs in the split; pairs_per_epoch = R * G of them
+      are used each epoch (the rest, < G plus captions beyond R of one video, are
+      dropped at random, differently every epoch).
+    num_videos: videos in the split.
+    local_batch_size: b = global_batch_size / shard_count.
+  """
+  dataset: grain.IterDataset
+  steps_per_epoch: int
+  num_pairs: int
+  pairs_per_epoch: int
+  num_videos: int
+  local_batch_size: int
+
+  def __iter__(self):
+    return iter(self.dataset)
+
+
+def _check_common(global_batch_size, shard_count, num_frames, num_prompts, image_size,
+                  max_len):
+  if global_batch_size < 1 or global_batch_size % shard_count:
+    raise ValueError(f"global_batch_size ({global_batch_size}) must be a positive multiple "
+                     f"of shard_count ({shard_count})")
+  if num_prompts < 1 or num_frames < 1 or num_frames % num_prompts:
+    raise ValueError(f"num_frames ({num_frames}) must be a positive multiple of "
+                     f"num_prompts ({num_prompts})")
+  if image_size < 1:
+    raise ValueError(f"image_size must be >= 1, got {image_size}")
+  if max_len < 2:
+    raise ValueError(f"max_len must be >= 2 (BOS and EOS), got {max_len}")
+
+
+def _to_iter(ds: grain.MapDataset, worker_count: int, read_threads: int,
+             prefetch_batches: int) -> grain.IterDataset:
+  it = ds.to_iter_dataset(grain.ReadOptions(num_threads=read_threads,
+                                            prefetch_buffer_size=prefetch_batches))
+  if worker_count > 0:
+    from absl import flags  # pylint: disable=g-import-not-at-top
+    if not flags.FLAGS.is_parsed():
+      # grain 0.2.x reads its absl flags when starting workers; outside an absl app
+      # nothing parses them, so take their defaults.
+      flags.FLAGS.mark_as_parsed()
+    it = it.mp_prefetch(grain.MultiprocessingOptions(
+        num_workers=worker_count, per_worker_buffer_size=prefetch_batches))
+  return it
+
+
+def make_train_loader(data_dir: str, dataset_name: str, split: str, *, tokenizer,
+                      global_batch_size: int, num_frames: int, num_prompts: int,
+                      image_size: int, max_len: int, seed: int,
+                      num_epochs: int | None = None, worker_count: int = 0,
+                      shard_index: int | None = None, shard_count: int | None = None,
+                      crop_scale: Sequence[float] = (0.5, 1.0),
+                      crop_ratio: Sequence[float] = (3 / 4, 4 / 3),
+                      read_threads: int = 1, prefetch_batches: int = 2) -> TrainLoader:
+  """Training pipeline over a prepared dataset.
+
+  Args:
+    data_dir: the prepare step's --out_dir.
+    dataset_name: "msrvtt/9k", "msvd", "lsmdc", "moving_shapes/demo", ...
+    split: "train" (MSR-VTT / LSMDC: official training set minus the hold-out),
+      "train_full", "val", "test".
+    tokenizer: a `ps_jax.tokenizer` tokenizer (ClipTokenizer, WordTokenizer).
+    global_batch_size: G, summed over processes; a multiple of shard_count.
+    num_frames: F = C * P frames per clip; num_prompts: P.
+    image_size: S, output frames are S x S.
+    max_len: L, caption length (EOS-padded; EOS kept when truncating).
+    seed: order and augmentation seed.
+    num_epochs: None repeats forever.
+    worker_count: grain worker processes (0: read in this process).
+    shard_index, shard_count: this process's slice of each global batch (defaults:
+      jax.process_index(), jax.process_count()).
+    crop_scale, crop_ratio: RandomResizedCrop ranges.
+    read_threads, prefetch_batches: threads and batches read ahead per process.
+
+  Returns:
+    TrainLoader yielding {"frames": uint8[b, F, S, S, 3], "input_ids": int32[b, L],
+    "attention_mask": int32[b, L]}, b = G / shard_count.
+  """
+  shard_index, shard_count = _resolve_shards(shard_index, shard_count)
+  _check_common(global_batch_size, shard_count, num_frames, num_prompts, image_size, max_len)
+  split_data = builders.load_split(data_dir, dataset_name, split)
+  pairs = _TrainPairs(split_data, global_batch_size, shard_index, shard_count, seed,
+                      num_epochs)
+  local = global_batch_size // shard_count
+  ds = (pairs
+        .map(ReadFrames(_Frames(split_data)))
+        .map(transforms.SampleFrames(num_frames, num_prompts, "rand"))
+        .map(transforms.RandomResizedCropFlip(image_size, crop_scale, crop_ratio))
+        .map(transforms.TokenizeCaption(tokenizer, max_len))
+        .map(transforms.SelectKeys(("frames", "input_ids", "attention_mask")))
+        .batch(local, drop_remainder=True))
+  num_pairs = sum(len(c) for c in split_data.captions)
+  return TrainLoader(dataset=_to_iter(ds, worker_count, read_threads, prefetch_batches),
+                     steps_per_epoch=pairs.steps_per_epoch, num_pairs=num_pairs,
+                     pairs_per_epoch=pairs.steps_per_epoch * global_batch_size,
+                     num_videos=split_data.num_videos, local_batch_size=local)
+
+
+class _EvalVideos(grain.MapDataset):
+  """Local slot k -> {"record", "video_index", "mask"} of this process's eval slots."""
+
+  def __init__(self, records: np.ndarray, global_batch_size: int, shard_index: int,
+               shard_count: int):
+    super().__init__()
+    self._records = records
+    self._g = global_batch_size
+    self._local = global_batch_size // shard_count
+    self._offset = shard_index * self._local
+    self.num_batches = -(-len(records) // global_batch_size)
+
+  def __len__(self) -> int:
+    return self.num_batches * self._local
+
+  def __getitem__(self, index):
+    if isinstance(index, slice):
+      return self.slice(index)
+    if not 0 <= index < len(self):
+      raise IndexError(f"index {index} out of range [0, {len(self)})")
+    t, slot = divmod(int(index), self._local)
+    v = t * self._g + self._offset + slot
+    if v < len(self._records):
+      return {"record": int(self._records[v]), "video_index": np.int32(v),
+              "mask": np.bool_(True)}
+    return {"record": -1, "video_index": np.int32(-1), "mask": np.bool_(False)}
+
+
+class _EvalFrames(grain.transforms.Map):
+  """Reads, samples (`uniform`) and resizes + centre-crops; zero frames for padding."""
+
+  def __init__(self, frames: _Frames, num_frames: int, num_prompts: int, image_size: int):
+    self.frames = frames
+    self.sample = transforms.SampleFrames(num_frames, num_prompts, "uniform")
+    self.crop = transforms.ResizeCenterCrop(image_size)
+    self.shape = (num_frames, image_size, image_size, 3)
+
+  def map(self, element: dict[str, Any]) -> dict[str, Any]:
+    if element["record"] < 0:
+      frames = np.zeros(self.shape, np.uint8)
+    else:
+      e = self.crop.map(self.sample.map({"frames": self.frames(element["record"])}))
+      frames = e["frames"]
+    return {"frames": frames, "video_index": element["video_index"],
+            "mask": element["mask"]}
+
+
+@dataclasses.dataclass
+class EvalData:
+  """Evaluation videos (per-process batches) and all captions of a split.
+
+  Attributes:
+    videos: grain IterDataset of {"frames": uint8[b, F, S, S, 3], "video_index":
+      int32[b], "mask": bool[b]}; iterating it again starts over.
+    num_videos: V; num_batches: global batches (the last one padded).
+    local_batch_size: b.
+    video_ids: V ids, position = video_index.
+    captions: T caption strings (all captions of every video, video by video).
+    input_ids, attention_mask: int32[T, L]; text_to_video: int32[T] video_index of
+      each caption.
+  """
+  videos: grain.IterDataset
+  num_videos: int
+  num_batches: int
+  local_batch_size: int
+  video_ids: list[str]
+  captions: list[str]
+  input_ids: np.ndarray
+  attention_mask: np.ndarray
+  text_to_video: np.ndarray
+
+  def __iter__(self):
+    return iter(self.videos)
+
+
+def make_eval_data(data_dir: str, dataset_name: str, split: str, *, tokenizer,
+                   global_batch_size: int, num_frames: int, num_prompts: int,
+                   image_size: int, max_len: int, worker_count: int = 0,
+                   shard_index: int | None = None, shard_count: int | None = None,
+                   read_threads: int = 1, prefetch_batches: int = 2) -> EvalData:
+  """Evaluation data: every video of the split once, plus all its captions.
+
+  Args:
+    data_dir, dataset_name, split: as for `make_train_loader` ("val", "test", ...).
+    tokenizer, max_len: caption tokenization (L).
+    global_batch_size: G videos per global batch (padded at the end).
+    num_frames: F = C * P (`uniform` sampling); num_prompts: P.
+    image_size: S (bicubic short-side resize to S, centre crop S x S).
+    worker_count, shard_index, shard_count, read_threads, prefetch_batches: as for
+      `make_train_loader`.
+
+  Returns:
+    EvalData (see its docstring for the layouts).
+  """
+  shard_index, shard_count = _resolve_shards(shard_index, shard_count)
+  _check_common(global_batch_size, shard_count, num_frames, num_prompts, image_size, max_len)
+  split_data = builders.load_split(data_dir, dataset_name, split)
+  if split_data.num_videos == 0:
+    raise ValueError(f"Split {split!r} of {split_data.version_dir!r} has no video")
+  videos = _EvalVideos(split_data.records, global_batch_size, shard_index, shard_count)
+  local = global_batch_size // shard_count
+  ds = (videos.map(_EvalFrames(_Frames(split_data), num_frames, num_prompts, image_size))
+        .batch(local, drop_remainder=True))
+  captions = [c for caps in split_data.captions for c in caps]
+  text_to_video = np.asarray([i for i, caps in enumerate(split_data.captions)
+                              for _ in caps], np.int32)
+  ids, mask = tokenizer(captions, max_len)
+  return EvalData(videos=_to_iter(ds, worker_count, read_threads, prefetch_batches),
+                  num_videos=split_data.num_videos, num_batches=videos.num_batches,
+                  local_batch_size=local, video_ids=list(split_data.video_ids),
+                  captions=captions, input_ids=np.asarray(ids, np.int32),
+                  attention_mask=np.asarray(mask, np.int32), text_to_video=text_to_video)
