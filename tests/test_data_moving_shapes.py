@@ -20,8 +20,7 @@ def test_reverse_twins_have_the_same_frame_set():
     assert fwd.twin_id == rev.video_id and rev.twin_id == fwd.video_id
     np.testing.assert_array_equal(rev.frames, fwd.frames[::-1])
     # Same multiset of frames, so any order-free pooling (mean, max, set) is identical...
-    key = lambda fr: sorted(f.tobytes() for f in fr)  # pylint: disable=unnecessary-lambda-assignment
-    assert key(fwd.frames) == key(rev.frames)
+    assert sorted(f.tobytes() for f in fwd.frames) == sorted(f.tobytes() for f in rev.frames)
     np.testing.assert_array_equal(fwd.frames.astype(np.int64).sum(0),
                                   rev.frames.astype(np.int64).sum(0))
     # ...but the clips differ frame by frame, and their events are opposite.

@@ -211,7 +211,8 @@ def test_interrupted_prepare_resumes(tmp_path, monkeypatch):
 
   # Second attempt dies while writing the TFDS files.
   monkeypatch.setattr(P, "_decode_to_cache", real)
-  real_generate = builders._VideoTextBuilder._generate_examples  # pylint: disable=protected-access
+  builder_cls = builders.BUILDERS["moving_shapes"]
+  real_generate = builder_cls._generate_examples  # pylint: disable=protected-access
 
   def generate_then_stop(self, split):
     for i, example in enumerate(real_generate(self, split)):
@@ -219,7 +220,7 @@ def test_interrupted_prepare_resumes(tmp_path, monkeypatch):
         raise _Interrupt()
       yield example
 
-  monkeypatch.setattr(builders._VideoTextBuilder, "_generate_examples", generate_then_stop)  # pylint: disable=protected-access
+  monkeypatch.setattr(builder_cls, "_generate_examples", generate_then_stop)
   with pytest.raises(_Interrupt):
     P.prepare("moving_shapes", **kwargs)
   assert not (out / "moving_shapes" / "custom" / "1.0.0").exists()
@@ -227,7 +228,7 @@ def test_interrupted_prepare_resumes(tmp_path, monkeypatch):
   stale = out / "moving_shapes" / "custom" / "incomplete.ABC123_1.0.0"  # as after a SIGKILL
   stale.mkdir()
 
-  monkeypatch.setattr(builders._VideoTextBuilder, "_generate_examples", real_generate)  # pylint: disable=protected-access
+  monkeypatch.setattr(builder_cls, "_generate_examples", real_generate)
   s = P.prepare("moving_shapes", **kwargs)
   assert s.reused == 10 and s.decoded == 0 and s.written == {"train": 6, "test": 4}
   assert not stale.exists()
@@ -248,8 +249,9 @@ def test_crashing_decoder_is_isolated_and_skipped(tmp_path):
   # Across runs: a video whose decode already killed the process twice is skipped.
   cache = tmp_path / "x.npz"
   open(str(cache) + ".attempts", "w").write(str(P.MAX_DECODE_ATTEMPTS))
-  r = P._decode_to_cache({"video_id": "x", "path": "/nowhere", "cache_path": str(cache),  # pylint: disable=protected-access
-                          "frames_per_video": 4, "short_side": None, "threads": 1})
+  task = {"video_id": "x", "path": "/nowhere", "cache_path": str(cache),
+          "frames_per_video": 4, "short_side": None, "threads": 1}
+  r = P._decode_to_cache(task)  # pylint: disable=protected-access
   assert r["status"] == "skipped" and r["reason"] == "decoder_crashed"
 
 
@@ -266,7 +268,8 @@ def test_rendered_moving_shapes_via_cli(tmp_path, capsys):
   line = capsys.readouterr().out.strip().splitlines()[-1]
   assert line.startswith("prepare moving_shapes: written 28 videos (train 16, val 4, test 8)")
   version_dir = out / "moving_shapes" / "tiny" / "1.0.0"
-  tok = WordTokenizer.load(str(version_dir / M.VOCAB_FILE))
+  assert M.vocab_path(str(out)) == str(version_dir / M.VOCAB_FILE)
+  tok = WordTokenizer.load(M.vocab_path(str(out)))
   assert tok.words == M.vocabulary()
   data = builders.load_split(str(out), "moving_shapes", "val")
   clip = list(M.iter_clips(M.SIZES["tiny"], "val"))[1]

@@ -154,6 +154,15 @@ def make_tokenizer() -> tokenizer_lib.WordTokenizer:
   return tokenizer_lib.WordTokenizer(vocabulary())
 
 
+def vocab_path(data_dir: str, dataset_name: str = "moving_shapes") -> str:
+  """Path of the vocabulary written beside a prepared moving_shapes dataset.
+
+  `ps_jax.tokenizer.load_tokenizer(vocab_path(data_dir))` gives its WordTokenizer.
+  """
+  from ps_jax.data import builders  # pylint: disable=g-import-not-at-top
+  return os.path.join(builders.dataset_dir(data_dir, dataset_name), VOCAB_FILE)
+
+
 def save_vocabulary(path: str) -> str:
   """Writes the vocabulary as a JSON word list (`WordTokenizer.load` reads it)."""
   make_tokenizer().save(path)

@@ -39,7 +39,6 @@ from ps_jax.data import transforms
 from ps_jax.data.transforms import normalize_frames  # pylint: disable=unused-import
 
 _ORDER_SALT = 0x70616972  # separates the ordering stream from the augmentation streams
-_INFINITE_EPOCHS = sys.maxsize // 2**24
 
 
 # ----------------------------------------------------------------------------- ordering
@@ -223,7 +222,9 @@ class _TrainPairs(grain.MapDataset):
       raise ValueError(f"Split {split.split!r} of {split.version_dir!r} has "
                        f"{sum(c > 0 for c in self._counts)} videos with captions, fewer "
                        f"than global_batch_size={global_batch_size}")
-    self._epochs = _INFINITE_EPOCHS if num_epochs is None else num_epochs
+    per_epoch = self.steps_per_epoch * self._local
+    # "Forever" is as many whole epochs as an index can count.
+    self._epochs = sys.maxsize // 2 // per_epoch if num_epochs is None else num_epochs
     self._orders: dict[int, np.ndarray] = {}
     self._lock = threading.Lock()
 

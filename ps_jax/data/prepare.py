@@ -16,7 +16,14 @@ Two phases, both restartable:
    reason.
 2. Write: a TFDS builder (`ps_jax.data.builders`) writes the cached frames into
    `DATA_DIR/<dataset>[/<config>]/1.0.0/` (ArrayRecord), atomically. The cache is then
-   deleted unless --keep_cache.
+   deleted unless --keep_cache. A finished dataset is never rewritten: a re-run only
+   checks that its settings match (use another --out_dir to prepare other settings).
+
+Splits: MSR-VTT `train` (9k or 7k list minus a seeded --holdout_size hold-out, default
+1,000 videos: the same gallery size as the 1k-A test), `val` (the hold-out),
+`train_full` (the whole list) and `test` (1k-A); LSMDC likewise with its 1,000-clip
+test; MSVD and moving_shapes `train` / `val` / `test`. `decode_cache/` needs as much
+disk as the dataset, and TFDS stages the write in a temporary directory beside it.
 
 moving_shapes needs no --video_dir / --anno_dir: its clips are rendered in memory
 (`--shapes_size demo|tiny`, `--seed`); given both, it decodes the .mp4 files written
