@@ -58,6 +58,14 @@ class PlannedVideo:
   load: Callable[[], tuple[np.ndarray, np.ndarray, int]]
 
 
+class _LocalDatasetInfo(tfds.core.DatasetInfo):
+  """DatasetInfo of a locally prepared dataset: nothing to fetch from the TFDS bucket."""
+
+  def initialize_from_bucket(self) -> None:
+    # The base class makes a temporary directory (never removed) before looking there.
+    pass
+
+
 class _VideoTextBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
   """Writes planned videos per split; `plan` maps physical split -> PlannedVideo list."""
 
@@ -81,8 +89,8 @@ class _VideoTextBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True)
     return None
 
   def _info(self) -> tfds.core.DatasetInfo:
-    return tfds.core.DatasetInfo(builder=self, description=self.DESCRIPTION,
-                                 features=features(), disable_shuffling=True)
+    return _LocalDatasetInfo(builder=self, description=self.DESCRIPTION,
+                             features=features(), disable_shuffling=True)
 
   def _split_generators(self, dl_manager):
     del dl_manager
