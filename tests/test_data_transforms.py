@@ -1,10 +1,13 @@
 """Per-example transforms: crops shared by a clip, centre crops, tokenization, normalisation."""
 
+from pathlib import Path
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from ps_jax import tokenizer as tok_lib
 from ps_jax.data import transforms as T
 from ps_jax.tokenizer import WordTokenizer
 
@@ -93,3 +96,17 @@ def test_sample_frames_and_tokenize():
                                                  tok.eos_id])
   np.testing.assert_array_equal(e["attention_mask"], [1, 1, 1, 1, 0, 0])
   assert e["input_ids"].dtype == np.int32
+
+
+def test_tokenize_caption_with_clip_bpe(tmp_path):
+  bpe = Path(__file__).resolve().parents[2] / "shared" / "data" / "clip" / \
+      "bpe_simple_vocab_16e6.txt.gz"
+  tok_lib.write_clip_tokenizer_files(str(bpe), str(tmp_path))
+  tok = tok_lib.load_tokenizer(str(tmp_path))
+  e = T.TokenizeCaption(tok, 8).map(
+      {"caption": "a person is connecting something to the system with a long cable"})
+  ids = e["input_ids"]
+  assert ids[0] == tok.bos_id == 49406 and ids[-1] == tok.eos_id == 49407
+  assert ids.argmax() == 7 and e["attention_mask"].sum() == 8  # pooled at the kept EOT
+  short = T.TokenizeCaption(tok, 8).map({"caption": "a cat"})
+  assert short["input_ids"].argmax() == 3 and short["attention_mask"].tolist() == [1] * 4 + [0] * 4
