@@ -57,27 +57,37 @@ def caption_class_weights(tokenizer, vocab_size: int,
   return w
 
 
-def caption_loss(logits: Array, input_ids: Array, eos_id: int, class_weights: Array,
-                 multiplier: float = CAPTION_LOSS_MULTIPLIER) -> Array:
-  """Weighted caption cross-entropy (torch `CrossEntropyLoss(weight=...)` semantics).
+def caption_terms(logits: Array, input_ids: Array, eos_id: int,
+                  class_weights: Array) -> tuple[Array, Array]:
+  """(sum of weighted NLL, sum of weights) over the counted positions of a batch.
 
   Position t predicts input_ids[:, t+1] from input_ids[:, :t+1]; it counts when its
   input token input_ids[:, t] is not EOS (padding is EOS), so the prediction of the
-  first EOS counts and nothing after it does. The mean is weighted:
-  sum(w[y] * ce) / sum(w[y]) over counted positions, then times `multiplier`.
+  first EOS counts and nothing after it does. Each counted position weighs
+  class_weights[target].
 
   Args:
-    logits: float32[B, L-1, V].
-    input_ids: int32[B, L].
-    eos_id: the end-of-text / padding id.
-    class_weights: float32[V].
-
-  Returns:
-    float32[].
+    logits: float[B, L-1, V]; input_ids: int32[B, L]; class_weights: float32[V].
   """
   targets = input_ids[:, 1:]
   counted = (input_ids[:, :-1] != eos_id).astype(jnp.float32)
   logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
   nll = -jnp.take_along_axis(logp, targets[..., None], axis=-1)[..., 0]
   w = class_weights[targets] * counted
-  return multiplier * jnp.sum(w * nll) / jnp.maximum(jnp.sum(w), 1e-9)
+  return jnp.sum(w * nll), jnp.sum(w)
+
+
+def caption_loss(logits: Array, input_ids: Array, eos_id: int, class_weights: Array,
+                 multiplier: float = CAPTION_LOSS_MULTIPLIER) -> Array:
+  """Weighted caption cross-entropy (torch `CrossEntropyLoss(weight=...)` semantics):
+  sum(w[y] * nll) / sum(w[y]) over counted positions (see `caption_terms`), times
+  `multiplier`.
+
+  Args:
+    logits: float32[B, L-1, V]; input_ids: int32[B, L]; class_weights: float32[V].
+
+  Returns:
+    float32[].
+  """
+  num, den = caption_terms(logits, input_ids, eos_id, class_weights)
+  return multiplier * num / jnp.maximum(den, 1e-9)

@@ -1,0 +1,82 @@
+"""Defaults shared by the experiment configs in configs/ (each overrides what it changes)."""
+
+import importlib.util
+import os
+
+import ml_collections
+
+
+def load_config_file(path: str) -> ml_collections.ConfigDict:
+  """`get_config()` of another config file (e.g. an ablation built on top of a config)."""
+  spec = importlib.util.spec_from_file_location(os.path.basename(path)[:-3], path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config()
+
+
+def base_config() -> ml_collections.ConfigDict:
+  """The official Prompt Switch recipe on ViT-B/32; experiment files override fields."""
+  c = ml_collections.ConfigDict()
+  c.seed = 0
+
+  c.model = ml_collections.ConfigDict()
+  c.model.init_from = ""          # HF CLIP dir, official .pth, or "" = from scratch (model.clip)
+  c.model.clip = ml_collections.ConfigDict({
+      "text": {"vocab_size": -1, "hidden_size": 512, "intermediate_size": 2048,
+               "num_hidden_layers": 12, "num_attention_heads": 8},
+      "vision": {"image_size": 224, "patch_size": 32, "hidden_size": 768,
+                 "intermediate_size": 3072, "num_hidden_layers": 12,
+                 "num_attention_heads": 12},
+      "projection_dim": 512})
+  c.model.num_prompts = 6
+  c.model.switch = True
+  c.model.aggregate = True
+  c.model.num_captioner_layers = 2
+  c.model.dtype = "float32"
+  c.model.remat_policy = "none"
+  c.model.scan_unroll = 1
+  c.model.attention_impl = "xla"
+
+  c.data = ml_collections.ConfigDict()
+  c.data.name = "msrvtt/9k"
+  c.data.dir = ""                 # default: <workdir>/data
+  c.data.tokenizer = ""           # default: the init checkpoint's CLIP tokenizer
+  c.data.seed = 0                 # synthetic data only
+  c.data.train_split = "train"
+  c.data.val_split = "val"
+  c.data.test_split = "test"
+  c.data.num_frames = 6           # training frames: C=1 chunk of P=6
+  c.data.eval_num_frames = 12     # test frames: C=2 chunks
+  c.data.image_size = 224
+  c.data.max_len = 32
+  c.data.worker_count = 4
+
+  c.batch_size = 32
+  c.eval_batch_size = 64
+  c.num_epochs = 5
+  c.num_train_steps = -1          # > 0 overrides num_epochs
+  c.stop_after_steps = -1         # > 0: stop early (a resumable partial run)
+
+  c.optim = ml_collections.ConfigDict()
+  c.optim.lr_clip = 1e-6
+  c.optim.lr_new = 1e-5
+  c.optim.weight_decay = 0.2
+  c.optim.b1 = 0.9
+  c.optim.b2 = 0.999
+  c.optim.eps = 1e-6
+  c.optim.warmup_fraction = 0.1
+  c.optim.grad_clip = 1.0
+  c.optim.ema_decay = 0.0         # > 0 keeps an EMA of the weights (used for evaluation)
+  c.optim.grad_accum_steps = 1
+
+  c.mesh = ml_collections.ConfigDict({"data": -1, "fsdp": 1})
+  # Logical axis -> mesh axis. FSDP shards the model width; everything else replicated.
+  c.sharding_rules = (("embed", "fsdp"), ("vocab", None), ("mlp", None),
+                      ("joined_kv", None), ("layers", None))
+
+  c.checkpoint = ml_collections.ConfigDict({"every_steps": 500, "keep": 2, "async_save": True})
+  c.log_every_steps = 20
+  c.eval_every_steps = -1         # -1: once per epoch
+  c.select_on = "val"             # "test" selects the checkpoint on test (flattering)
+  c.dsl = False                   # also report dual-softmax (post-processing) metrics
+  return c

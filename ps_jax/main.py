@@ -1,0 +1,68 @@
+"""Command line: `python -m ps_jax.main --config configs/<name>.py --workdir DIR`.
+
+Modes: train (periodic validation, final test of the selected checkpoint) and eval (a
+workdir checkpoint, or config.model.init_from zero-shot). Config fields are overridden
+with `--config.batch_size=64`-style flags. On several hosts run the same command on
+every host: `jax.distributed.initialize()` is called first (auto-detected on TPU VMs
+and SLURM, or from the --coordinator_address / --num_processes / --process_id flags).
+"""
+
+import os
+import sys
+
+from absl import app, flags
+from absl import logging as absl_logging
+from ml_collections import config_flags
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file.",
+                                          lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs, metrics.")
+_MODE = flags.DEFINE_enum("mode", "train", ["train", "eval"], "What to run.")
+_COORDINATOR = flags.DEFINE_string("coordinator_address", None,
+                                   "host:port of process 0 (multi-host without auto-detection).")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Number of processes (hosts).")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index.")
+_DISTRIBUTED = flags.DEFINE_bool(
+    "distributed", None, "Call jax.distributed.initialize() (default: when multi-host is "
+    "detected from flags or the environment).")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def _want_distributed() -> bool:
+  if _DISTRIBUTED.value is not None:
+    return _DISTRIBUTED.value
+  if _COORDINATOR.value or (_NUM_PROCESSES.value or 1) > 1:
+    return True
+  env = os.environ
+  return ("SLURM_NTASKS" in env and int(env["SLURM_NTASKS"]) > 1) or (
+      "TPU_WORKER_HOSTNAMES" in env and "," in env["TPU_WORKER_HOSTNAMES"])
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  import jax  # pylint: disable=g-import-not-at-top
+
+  if _want_distributed():
+    jax.distributed.initialize(coordinator_address=_COORDINATOR.value,
+                               num_processes=_NUM_PROCESSES.value,
+                               process_id=_PROCESS_ID.value)
+  # Our own progress goes to stdout; keep library INFO chatter (orbax, grain) out of it.
+  absl_logging.set_verbosity(absl_logging.WARNING)
+  from ps_jax import train  # pylint: disable=g-import-not-at-top
+
+  config = _CONFIG.value
+  try:
+    if _MODE.value == "train":
+      train.train_and_evaluate(config, _WORKDIR.value)
+    else:
+      train.evaluate_only(config, _WORKDIR.value)
+  except ValueError as e:
+    if "config" in str(e) or "does not exist" in str(e):
+      print(f"error: {e}", file=sys.stderr)
+      sys.exit(2)
+    raise
+
+
+if __name__ == "__main__":
+  app.run(main)

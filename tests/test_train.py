@@ -1,0 +1,123 @@
+"""Training: loss goes down, sharded step == 1-device step, config errors, kill + resume."""
+
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+import ps_jax
+from ps_jax import checkpoints, sharding, train
+from train_fixtures import run_steps, tiny_batch, tiny_config, tiny_model
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def test_a_few_steps_lower_the_loss():
+  model = tiny_model()
+  batch = tiny_batch(seed=0)
+  _, history = run_steps(model, [batch] * 12, sharding.make_mesh(1, 1, jax.devices()[:1]),
+                         total_steps=12, lr_clip=5e-3, lr_new=5e-3)
+  losses = [h["loss"] for h in history]
+  assert losses[-1] < 0.88 * losses[0], losses
+  assert max(losses[-4:]) < min(losses[:4]), losses
+  assert all(b < a + 0.2 for a, b in zip(losses[2:], losses[3:])), losses  # no blow-up
+  assert history[-1]["lr_new"] < history[4]["lr_new"]  # cosine decay after warm-up
+  assert all(np.isfinite(h["grad_norm"]) for h in history)
+
+
+def test_sharded_step_equals_single_device_step():
+  """8 fake CPU devices, meshes 8x1, 4x2, 2x4 and 4x2 with 2 accumulation steps."""
+  env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8",
+         "JAX_PLATFORMS": "cpu"}
+  proc = subprocess.run([sys.executable, os.path.join(HERE, "multidevice_train_check.py")],
+                        env=env, capture_output=True, text=True, timeout=900)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  line = next(l for l in proc.stdout.splitlines() if l.startswith("RESULT "))
+  result = json.loads(line[len("RESULT "):])
+  assert result["devices"] == 8
+  for name in ("8x1", "4x2", "2x4", "4x2_accum2"):
+    assert result[name]["params"] < 1e-5, (name, result[name])
+    assert result[name]["opt_state"] < 1e-5, (name, result[name])
+    assert result[name]["loss"] < 1e-5, (name, result[name])
+
+
+@pytest.mark.parametrize("overrides,match", [
+    ({"data.num_frames": 6}, "data.num_frames=6 must be a positive multiple of "
+                             "config.model.num_prompts=4"),
+    ({"batch_size": 9, "optim.grad_accum_steps": 2}, "batch_size=9 must be divisible by "
+                                                      "config.optim.grad_accum_steps=2"),
+    ({"optim.grad_accum_steps": 3}, "grad_accum_steps=3"),
+    ({"model.init_from": "/no/such/clip"}, "config.model.init_from='/no/such/clip' does not "
+                                           "exist"),
+    ({"mesh.data": 2, "mesh.fsdp": 2}, "config.mesh"),
+    ({"select_on": "train"}, "config.select_on"),
+])
+def test_inconsistent_configs_fail_before_any_compute(overrides, match):
+  with pytest.raises(ValueError, match=match.replace("(", r"\(").replace(")", r"\)")):
+    train.validate_config(tiny_config(**overrides), num_devices=1, num_processes=1)
+
+
+def test_batch_must_divide_over_devices():
+  with pytest.raises(ValueError, match="divisible by the 16 devices"):
+    train.validate_config(tiny_config(), num_devices=16, num_processes=2)
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory):
+  from ps_jax.data import prepare  # pylint: disable=g-import-not-at-top
+  root = str(tmp_path_factory.mktemp("shapes"))
+  prepare.prepare("moving_shapes", out_dir=root, shapes_size="tiny", progress=False)
+  return root
+
+
+def _final_params(workdir):
+  model, params = ps_jax.load_model(workdir)
+  return model, jax.device_get(params)
+
+
+def test_kill_and_resume_equals_uninterrupted_run(data_root, tmp_path):
+  full = str(tmp_path / "full")
+  record = train.train_and_evaluate(tiny_config(**{"data.dir": data_root}), full)
+  assert set(record) >= {"step", "num_videos", "num_texts", "t2v", "v2t"}
+  assert set(record["t2v"]) == {"R@1", "R@5", "R@10", "R@50", "MdR", "MnR"}
+  with open(os.path.join(full, "metrics.json")) as f:
+    assert json.load(f) == record
+  assert os.path.exists(os.path.join(full, "training_curves.png"))
+
+  part = str(tmp_path / "part")
+  assert train.train_and_evaluate(tiny_config(**{"data.dir": data_root,
+                                                 "stop_after_steps": 3}), part) == {}
+  ckpt = checkpoints.Checkpointer(part, async_save=False)
+  assert ckpt.latest_step() == 3
+  ckpt.close()
+  resumed = train.train_and_evaluate(tiny_config(**{"data.dir": data_root}), part)
+  assert resumed["t2v"] == record["t2v"] and resumed["step"] == record["step"]
+
+  a = checkpoints.Checkpointer(full, async_save=False)
+  b = checkpoints.Checkpointer(part, async_save=False)
+  steps = sorted(set(a.manager.all_steps()) & set(b.manager.all_steps()))
+  assert 6 in steps
+  shapes = ps_jax.api.param_shapes(_final_params(full)[0])
+  for step in steps:  # every state saved by both runs agrees, not only the metrics
+    pa, pb = a.restore_params(step, shapes), b.restore_params(step, shapes)
+    for x, y in zip(jax.tree_util.tree_leaves(pa), jax.tree_util.tree_leaves(pb)):
+      np.testing.assert_allclose(np.asarray(x), np.asarray(y), atol=1e-6)
+  a.close()
+  b.close()
+
+
+def test_eval_mode_and_load_model_from_a_workdir(data_root, tmp_path):
+  workdir = str(tmp_path / "run")
+  cfg = tiny_config(**{"data.dir": data_root, "num_train_steps": 3, "eval_every_steps": 3})
+  trained = train.train_and_evaluate(cfg, workdir)
+  os.remove(os.path.join(workdir, "metrics.json"))
+  again = train.evaluate_only(cfg, workdir)
+  assert again["t2v"] == trained["t2v"]
+  model, params = ps_jax.load_model(workdir)
+  frames = np.zeros((1, 8, 32, 32, 3), np.float32)
+  out = model.apply({"params": params}, frames, method="encode_video")
+  assert out["video_embedding"].shape == (1, 32)
