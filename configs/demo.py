@@ -27,6 +27,8 @@ def get_config():
   c.data.image_size = 32
   c.data.max_len = 12
   c.data.worker_count = 0
+  c.data.flip_prob = 0.0          # a flipped "moves left" clip would move right
+  c.data.group_size = 2           # every clip shares its batch with its reversed twin
   c.batch_size = 32
   c.eval_batch_size = 32
   c.num_epochs = 10

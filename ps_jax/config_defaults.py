@@ -32,6 +32,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.switch = True
   c.model.aggregate = True
   c.model.num_captioner_layers = 2
+  c.model.prompt_init_scale = 1.0  # x the official cube init std (D^-0.5 * 0.02)
   c.model.dtype = "float32"
   c.model.remat_policy = "none"
   c.model.scan_unroll = 1
@@ -48,8 +49,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.num_frames = 6           # training frames: C=1 chunk of P=6
   c.data.eval_num_frames = 12     # test frames: C=2 chunks
   c.data.image_size = 224
-  c.data.max_len = 32
+  c.data.max_len = 77             # CLIP context; the official code pads per batch instead
   c.data.worker_count = 4
+  c.data.flip_prob = 0.5          # horizontal flip of training clips (official: 0.5)
+  c.data.group_size = 1           # > 1: videos g*k..g*k+g-1 always share a batch
 
   c.batch_size = 32
   c.eval_batch_size = 64

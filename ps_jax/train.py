@@ -133,7 +133,8 @@ def clip_config_from(config, tokenizer) -> ClipConfig:
 def model_options(config) -> dict:
   m = config.model
   return dict(num_prompts=m.num_prompts, switch=m.switch, aggregate=m.aggregate,
-              num_captioner_layers=m.num_captioner_layers, dtype=m.dtype,
+              num_captioner_layers=m.num_captioner_layers,
+              prompt_init_scale=m.prompt_init_scale, dtype=m.dtype,
               remat_policy=m.remat_policy, scan_unroll=m.scan_unroll,
               attention_impl=m.attention_impl)
 
@@ -388,7 +389,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
       setup.data_root, c.data.name, c.data.train_split, tokenizer=setup.tokenizer,
       global_batch_size=c.batch_size, num_frames=c.data.num_frames,
       num_prompts=max(c.model.num_prompts, 1), image_size=c.data.image_size,
-      max_len=c.data.max_len, seed=c.seed, worker_count=c.data.worker_count)
+      max_len=c.data.max_len, seed=c.seed, worker_count=c.data.worker_count,
+      flip_prob=c.data.flip_prob, group_size=c.data.group_size)
   total_steps = c.num_train_steps if c.num_train_steps > 0 else (
       c.num_epochs * loader.steps_per_epoch)
   eval_every = c.eval_every_steps if c.eval_every_steps > 0 else loader.steps_per_epoch

@@ -208,16 +208,24 @@ class _TrainPairs(grain.MapDataset):
   """Local example k -> {"record", "caption", "rng"} of this process's batch slots."""
 
   def __init__(self, split: builders.SplitData, global_batch_size: int, shard_index: int,
-               shard_count: int, seed: int, num_epochs: int | None):
+               shard_count: int, seed: int, num_epochs: int | None, group_size: int = 1):
     super().__init__()
     self._records = split.records
     self._captions = split.captions
-    self._counts = [len(c) for c in split.captions]
+    counts = np.asarray([len(c) for c in split.captions], np.int64)
+    if group_size < 1 or global_batch_size % group_size or len(counts) % group_size:
+      raise ValueError(f"group_size={group_size} must divide global_batch_size="
+                       f"{global_batch_size} and the {len(counts)} videos of split "
+                       f"{split.split!r}")
+    # Videos g*k .. g*k+g-1 form group k; groups are batched as units, so that every
+    # batch holds whole groups (e.g. a clip and its time-reversed twin: hard negatives).
+    self._counts = counts.reshape(-1, group_size).min(axis=1).tolist()
+    self._group = group_size
     self._g = global_batch_size
     self._local = global_batch_size // shard_count
     self._offset = shard_index * self._local
     self._seed = seed
-    self.steps_per_epoch = batches_per_epoch(self._counts, global_batch_size)
+    self.steps_per_epoch = batches_per_epoch(self._counts, global_batch_size // group_size)
     if self.steps_per_epoch == 0:
       raise ValueError(f"Split {split.split!r} of {split.version_dir!r} has "
                        f"{sum(c > 0 for c in self._counts)} videos with captions, fewer "
@@ -245,7 +253,11 @@ class _TrainPairs(grain.MapDataset):
       if epoch not in self._orders:
         if len(self._orders) >= 2:
           self._orders.pop(min(self._orders))
-        self._orders[epoch] = distinct_video_batches(self._counts, self._g, self._seed, epoch)
+        groups = distinct_video_batches(self._counts, self._g // self._group, self._seed,
+                                        epoch)  # [R, G/g, 2]: (group, caption index)
+        members = groups[..., :1] * self._group + np.arange(self._group)  # [R, G/g, g]
+        captions = np.broadcast_to(groups[..., 1:], members.shape)
+        self._orders[epoch] = np.stack([members, captions], -1).reshape(len(groups), -1, 2)
       return self._orders[epoch]
 
   def __getitem__(self, index):
@@ -321,8 +333,9 @@ def make_train_loader(data_dir: str, dataset_name: str, split: str, *, tokenizer
                       num_epochs: int | None = None, worker_count: int = 0,
                       shard_index: int | None = None, shard_count: int | None = None,
                       crop_scale: Sequence[float] = (0.5, 1.0),
-                      crop_ratio: Sequence[float] = (3 / 4, 4 / 3),
-                      read_threads: int = 1, prefetch_batches: int = 2) -> TrainLoader:
+                      crop_ratio: Sequence[float] = (3 / 4, 4 / 3), flip_prob: float = 0.5,
+                      group_size: int = 1, read_threads: int = 1,
+                      prefetch_batches: int = 2) -> TrainLoader:
   """Training pipeline over a prepared dataset.
 
   Args:
@@ -340,7 +353,10 @@ def make_train_loader(data_dir: str, dataset_name: str, split: str, *, tokenizer
     worker_count: grain worker processes (0: read in this process).
     shard_index, shard_count: this process's slice of each global batch (defaults:
       jax.process_index(), jax.process_count()).
-    crop_scale, crop_ratio: RandomResizedCrop ranges.
+    crop_scale, crop_ratio: RandomResizedCrop ranges; flip_prob: horizontal flip
+      probability (0 where captions name left/right, as in moving_shapes).
+    group_size: g > 1 batches videos g*k .. g*k+g-1 of the split together (moving_shapes:
+      g=2 puts every clip with its time-reversed twin, a hard negative); G % g == 0.
     read_threads, prefetch_batches: threads and batches read ahead per process.
 
   Returns:
@@ -351,12 +367,12 @@ def make_train_loader(data_dir: str, dataset_name: str, split: str, *, tokenizer
   _check_common(global_batch_size, shard_count, num_frames, num_prompts, image_size, max_len)
   split_data = builders.load_split(data_dir, dataset_name, split)
   pairs = _TrainPairs(split_data, global_batch_size, shard_index, shard_count, seed,
-                      num_epochs)
+                      num_epochs, group_size)
   local = global_batch_size // shard_count
   ds = (pairs
         .map(ReadFrames(_Frames(split_data)))
         .map(transforms.SampleFrames(num_frames, num_prompts, "rand"))
-        .map(transforms.RandomResizedCropFlip(image_size, crop_scale, crop_ratio))
+        .map(transforms.RandomResizedCropFlip(image_size, crop_scale, crop_ratio, flip_prob))
         .map(transforms.TokenizeCaption(tokenizer, max_len))
         .map(transforms.SelectKeys(("frames", "input_ids", "attention_mask")))
         .batch(local, drop_remainder=True))

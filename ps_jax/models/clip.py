@@ -294,6 +294,7 @@ class VisionTransformer(nn.Module):
   num_prompts: int = 0
   switch: bool = True
   aggregate: bool = True
+  prompt_init_scale: float = 1.0
   compute: Compute = Compute()
 
   def setup(self):
@@ -303,7 +304,7 @@ class VisionTransformer(nn.Module):
     self.embeddings = VisionEmbeddings(c)
     self.pre_layrnorm = L.LayerNorm(c.layer_norm_eps, dtype)
     if p:
-      std = c.hidden_size ** -0.5 * 0.02
+      std = c.hidden_size ** -0.5 * 0.02 * self.prompt_init_scale
       self.prompt = self.param(
           "prompt", L.partitioned(nn.initializers.normal(std), (None, None, "embed")),
           (p, p, c.hidden_size))

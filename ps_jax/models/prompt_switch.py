@@ -30,6 +30,7 @@ class PromptSwitchConfig:
   switch: bool = True            # transpose the prompt cube before every self-attention
   aggregate: bool = True         # CLS attends to the chunk's prompts after the last layer
   num_captioner_layers: int = 2  # 0 = no caption head
+  prompt_init_scale: float = 1.0  # x the official std D^-0.5 * 0.02 of the cube's init
 
   def validate(self, clip: ClipConfig) -> "PromptSwitchConfig":
     if self.num_prompts < 0:
@@ -82,6 +83,7 @@ class CaptionHead(nn.Module):
                        policy=L.REMAT_POLICIES[self.compute.remat_policy])
     decoder = nn.scan(layer, variable_axes={"params": 0}, split_rngs={"params": True},
                       in_axes=(nn.broadcast, nn.broadcast), length=self.num_layers,
+                      unroll=self.compute.scan_unroll,
                       metadata_params={nn.PARTITION_NAME: "layers"})
     bias = L.causal_bias(x.shape[1])
     x, _ = decoder(t.num_attention_heads, t.intermediate_size, 1e-5, self.compute,
@@ -107,7 +109,7 @@ class PromptSwitch(nn.Module):
     dtype = self.compute.jnp_dtype
     self.text_model = TextTransformer(c.text, self.compute)
     self.vision_model = VisionTransformer(c.vision, ps.num_prompts, ps.switch, ps.aggregate,
-                                          self.compute)
+                                          ps.prompt_init_scale, self.compute)
     self.text_projection = L.Dense(c.projection_dim, ("embed", "proj"), use_bias=False,
                                    dtype=dtype)
     self.visual_projection = L.Dense(c.projection_dim, ("embed", "proj"), use_bias=False,

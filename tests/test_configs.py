@@ -1,0 +1,38 @@
+"""Every experiment config loads, and validates (or names the missing weights)."""
+
+import glob
+import os
+
+import pytest
+
+from ps_jax import train
+from ps_jax.config_defaults import load_config_file
+
+CONFIGS = sorted(glob.glob(os.path.join(os.path.dirname(__file__), "..", "configs", "*.py")))
+
+
+def test_there_are_configs():
+  names = {os.path.basename(c)[:-3] for c in CONFIGS}
+  assert {"demo", "demo_noswitch", "msrvtt_vitb32", "msrvtt_vitb16", "msvd_vitb32",
+          "lsmdc_vitb32"} <= names
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: os.path.basename(p))
+def test_config_validates(path):
+  config = load_config_file(path)
+  assert load_config_file(path).to_dict() == config.to_dict()  # deterministic
+  if config.model.init_from:
+    with pytest.raises(ValueError, match="config.model.init_from"):
+      train.validate_config(config, num_devices=8, num_processes=1)
+    config.model.init_from = ""
+  train.validate_config(config, num_devices=8 if config.batch_size % 8 == 0 else 1,
+                        num_processes=1)
+
+
+def test_official_recipe_numbers():
+  c = load_config_file(os.path.join(os.path.dirname(__file__), "..", "configs",
+                                    "msrvtt_vitb32.py"))
+  assert (c.model.num_prompts, c.data.num_frames, c.data.eval_num_frames) == (6, 6, 12)
+  assert (c.batch_size, c.num_epochs, c.optim.lr_clip, c.optim.lr_new) == (32, 5, 1e-6, 1e-5)
+  assert (c.optim.weight_decay, c.optim.warmup_fraction, c.optim.grad_clip) == (0.2, 0.1, 1.0)
+  assert (c.optim.b1, c.optim.b2, c.optim.eps) == (0.9, 0.999, 1e-6)
