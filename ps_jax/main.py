@@ -1,7 +1,9 @@
 """Command line: `python -m ps_jax.main --config configs/<name>.py --workdir DIR`.
 
-Modes: train (periodic validation, final test of the selected checkpoint) and eval (a
-workdir checkpoint, or config.model.init_from zero-shot). Config fields are overridden
+Modes: train (periodic validation, final test of the selected checkpoint), eval (a
+workdir checkpoint, or config.model.init_from zero-shot) and index (embed every video
+of a split once into a search index, `ps_jax.index_videos`; then `python -m
+ps_jax.search --index <workdir>/index_test --query "..."`). Config fields are overridden
 with `--config.batch_size=64`-style flags. On several hosts run the same command on
 every host: `jax.distributed.initialize()` is called first (auto-detected on TPU VMs
 and SLURM, or from the --coordinator_address / --num_processes / --process_id flags).
@@ -17,7 +19,13 @@ from ml_collections import config_flags
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file.",
                                           lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs, metrics.")
-_MODE = flags.DEFINE_enum("mode", "train", ["train", "eval"], "What to run.")
+_MODE = flags.DEFINE_enum("mode", "train", ["train", "eval", "index"], "What to run.")
+_INDEX_SPLIT = flags.DEFINE_string("index_split", None,
+                                   "--mode index: split to embed (default config.data.test_split).")
+_INDEX_DIR = flags.DEFINE_string("index_dir", None,
+                                 "--mode index: index directory (default <workdir>/index_<split>).")
+_INDEX_APPEND = flags.DEFINE_bool("index_append", False,
+                                  "--mode index: add the split's new videos to --index_dir.")
 _COORDINATOR = flags.DEFINE_string("coordinator_address", None,
                                    "host:port of process 0 (multi-host without auto-detection).")
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Number of processes (hosts).")
@@ -55,8 +63,16 @@ def main(argv):
   try:
     if _MODE.value == "train":
       train.train_and_evaluate(config, _WORKDIR.value)
-    else:
+    elif _MODE.value == "eval":
       train.evaluate_only(config, _WORKDIR.value)
+    else:
+      from ps_jax import index_videos  # pylint: disable=g-import-not-at-top
+      try:
+        index_videos.index_from_config(config, _WORKDIR.value, split=_INDEX_SPLIT.value,
+                                       out=_INDEX_DIR.value, append=_INDEX_APPEND.value)
+      except index_videos.IndexBuildError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
   except ValueError as e:
     if "config" in str(e) or "does not exist" in str(e):
       print(f"error: {e}", file=sys.stderr)
