@@ -7,15 +7,24 @@ top-k and the k x num_shards candidates are merged with the same rule, so sharde
 unsharded results are identical. Scores accumulate in float32; with float16 / bfloat16
 storage the queries are rounded to the storage dtype before the product.
 
-Command line (the text encoder is plugged in by the caller through `main(embed_queries=)`):
+Text queries (`TextSearcher`, the CLI): an index built by `ps_jax.index_videos` records
+the model that embedded its videos and its tokenizer; they are loaded again, the model's
+fingerprint is checked against the index's (another model is refused) and the queries
+are embedded with its jitted `encode_text`.
+
   python -m ps_jax.search --index DIR --query "a man is singing" --top_k 5
+  python -m ps_jax.search --index DIR --queries_file queries.txt --top_k 10 [--approx]
   python -m ps_jax.search --index DIR --query_embeddings queries.npy --top_k 5
+
+  searcher = ps_jax.search.TextSearcher.from_index(DIR)
+  searcher.search(["a man is singing"], k=5)   # [[(video_id, cosine), ...]]
 """
 
 from __future__ import annotations
 
 import argparse
 import functools
+import os
 import sys
 from typing import Callable, Optional, Sequence, Union
 
@@ -388,6 +397,174 @@ def format_results(labels: Sequence[str], results: Sequence[Sequence[tuple[str, 
   return "\n".join(lines)
 
 
+# ----------------------------------------------------------------------------- text queries
+
+
+class QueryEncoderError(ValueError):
+  """The text encoder of an index cannot be set up (no model recorded or given, ...)."""
+
+
+_TEXT_ENCODERS: dict = {}
+
+
+class TextEncoder:
+  """Texts -> float32[Q, E] L2-normalised query embeddings with a jitted `encode_text`.
+
+  Texts are tokenized to `max_len` ids and encoded in batches of at most `batch_size`,
+  a last, smaller batch padded to a power of two (few compiled shapes). Only the text
+  tower's params are placed on the devices, replicated over `mesh`.
+  """
+
+  def __init__(self, model, params, tokenizer, max_len: int, *, mesh: Optional[Mesh] = None,
+               batch_size: int = 64):
+    """Args: model, params: a PromptSwitch and its params; tokenizer: a ps_jax tokenizer;
+    max_len: L; mesh: devices to replicate the text params on (default all)."""
+    from ps_jax import index_videos  # pylint: disable=g-import-not-at-top
+
+    if batch_size < 1:
+      raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    self.tokenizer, self.max_len, self.batch_size = tokenizer, int(max_len), int(batch_size)
+    self.dim = int(model.clip.projection_dim)
+    mesh = mesh if mesh is not None else make_mesh()
+    replicated = NamedSharding(mesh, P())
+    self._params = jax.device_put(index_videos.text_params(params), replicated)
+
+    key = (model, mesh)
+    if key not in _TEXT_ENCODERS:  # one jitted function per (model, mesh): compiled once
+
+      def encode(p, ids, mask):
+        return model.apply({"params": p}, ids, mask, method="encode_text")
+
+      _TEXT_ENCODERS[key] = jax.jit(encode, out_shardings=replicated)
+    self._encode = _TEXT_ENCODERS[key]
+
+  def __call__(self, texts: Sequence[str]) -> np.ndarray:
+    """float32[Q, E] embeddings of Q texts."""
+    if isinstance(texts, str):
+      texts = [texts]
+    texts = list(texts)
+    for i, text in enumerate(texts):
+      if not isinstance(text, str):
+        raise ValueError(f"query {i} must be a string, got {type(text).__name__}")
+    out = []
+    for start in range(0, len(texts), self.batch_size):
+      chunk = texts[start:start + self.batch_size]
+      ids, mask = self.tokenizer(chunk, self.max_len)
+      padded = min(self.batch_size, 1 << max(len(chunk) - 1, 0).bit_length())
+      if padded > len(chunk):
+        ids = np.concatenate([ids, np.repeat(ids[-1:], padded - len(chunk), 0)])
+        mask = np.concatenate([mask, np.repeat(mask[-1:], padded - len(chunk), 0)])
+      emb = self._encode(self._params, np.asarray(ids, np.int32), np.asarray(mask, np.int32))
+      out.append(np.asarray(emb, np.float32)[:len(chunk)])
+    return np.concatenate(out) if out else np.zeros((0, self.dim), np.float32)
+
+
+def query_encoder(index: index_lib.Index, *, model=None, tokenizer: Optional[str] = None,
+                  max_len: Optional[int] = None, mesh: Optional[Mesh] = None,
+                  batch_size: int = 64, where: str = "the index") -> TextEncoder:
+  """The text encoder of the model that built `index` (`ps_jax.index_videos` metadata).
+
+  Args:
+    index: a loaded Index.
+    model: None (the model path recorded in the index), another path to that model (moved
+      files), or an `index_videos.IndexModel`.
+    tokenizer, max_len: override the recorded tokenizer spec and caption length.
+    where: how to name the index in errors (its directory).
+
+  Raises:
+    QueryEncoderError: no model recorded nor given, or no tokenizer known.
+    FingerprintMismatchError: the model is not the one that embedded the index's videos.
+  """
+  from ps_jax import index_videos  # pylint: disable=g-import-not-at-top
+
+  meta = index.meta.get("metadata") or {}
+  if isinstance(model, index_videos.IndexModel):
+    imodel = model
+  else:
+    path = model or meta.get("model_path")
+    if not path:
+      raise QueryEncoderError(
+          f"no text encoder is wired in: {where} records no model (meta.json has no "
+          "metadata.model_path); build it with `python -m ps_jax.index_videos`, pass "
+          "--model, call ps_jax.search.main(embed_queries=fn) or pass --query_embeddings")
+    if not os.path.exists(path):
+      raise QueryEncoderError(
+          f"the model of {where}, {path!r}, does not exist" + (
+              "" if model else " (meta.json metadata.model_path); pass --model with its "
+              "new location"))
+    imodel = index_videos.IndexModel.load(path, meta.get("load_model_kwargs") or {})
+  if imodel.fingerprint != index.fingerprint:
+    raise index_lib.FingerprintMismatchError(
+        f"{where} was built by model {index.fingerprint} but {imodel.path or 'the given model'}"
+        f" is {imodel.fingerprint}: its text embeddings do not match the index's video "
+        "embeddings (was the model trained further since?); re-index with "
+        "`python -m ps_jax.index_videos` or pass --model with the model that built it")
+  spec = tokenizer or meta.get("tokenizer") or imodel.defaults["tokenizer"]
+  if not spec:
+    raise QueryEncoderError(f"{where} records no tokenizer and none is known for "
+                            f"{imodel.path!r}: pass --tokenizer")
+  return TextEncoder(imodel.model, imodel.params, index_videos.load_tokenizer(spec),
+                     max_len or meta.get("max_len") or imodel.defaults["max_len"],
+                     mesh=mesh, batch_size=batch_size)
+
+
+class TextSearcher:
+  """Text-to-video search: a `Searcher` over an index plus the text encoder of its model.
+
+    searcher = TextSearcher.from_index("/data/msrvtt_test_index")
+    searcher.search(["a man is cooking", "a dog runs"], k=10)
+    # -> [[("video7020", 0.31), ...], [...]]
+  """
+
+  def __init__(self, searcher: Searcher, encoder: TextEncoder):
+    if searcher.ids is None:
+      raise ValueError("TextSearcher needs a Searcher built with ids")
+    if searcher.dim != encoder.dim:
+      raise ValueError(f"the index has dim {searcher.dim}, the text encoder {encoder.dim}")
+    self.searcher, self.encoder = searcher, encoder
+
+  @classmethod
+  def from_index(cls, index: Union[index_lib.Index, str], *, model=None,
+                 tokenizer: Optional[str] = None, max_len: Optional[int] = None,
+                 mesh: Optional[Mesh] = None, batch_size: int = 64,
+                 dtype: Optional[str] = None,
+                 block_rows: Optional[int] = None) -> "TextSearcher":
+    """Loads an index (directory or Index), its model and tokenizer; see `query_encoder`.
+
+    The rows go on the devices of `mesh` (default all) sharded by rows, in `dtype`
+    (default by platform); `batch_size` queries are encoded and searched per call.
+    """
+    where = f"index {index!r}" if isinstance(index, str) else "the index"
+    if isinstance(index, str):
+      index = index_lib.load_index(index)
+    mesh = mesh if mesh is not None else make_mesh()
+    encoder = query_encoder(index, model=model, tokenizer=tokenizer, max_len=max_len,
+                            mesh=mesh, batch_size=batch_size, where=where)
+    searcher = Searcher(index.embeddings, index.ids, dtype=dtype, mesh=mesh,
+                        batch_size=batch_size, block_rows=block_rows)
+    return cls(searcher, encoder)
+
+  @property
+  def ids(self) -> list[str]:
+    return self.searcher.ids
+
+  def embed(self, texts: Sequence[str]) -> np.ndarray:
+    """float32[Q, E] query embeddings."""
+    return self.encoder(texts)
+
+  def search(self, texts: Union[str, Sequence[str]], k: int, *, approx: bool = False,
+             recall_target: float = 0.95) -> list[list[tuple[str, float]]]:
+    """Q lists of (video id, cosine score), best first (ties: lower row first).
+
+    Args:
+      texts: Q query strings (or one string).
+      k: results per query, 1 <= k <= N.
+      approx: approximate per-shard top-k (`jax.lax.approx_max_k`; exact on CPU).
+    """
+    return self.searcher.search_ids(self.embed(texts), k, approx=approx,
+                                    recall_target=recall_target)
+
+
 # ----------------------------------------------------------------------------- command line
 
 
@@ -406,7 +583,13 @@ def _parser() -> argparse.ArgumentParser:
   parser.add_argument("--recall_target", type=float, default=0.95)
   parser.add_argument("--dtype", choices=STORAGE_DTYPES, default=None,
                       help="on-device storage dtype (default by platform)")
+  parser.add_argument("--model", help="the model that built the index, where the index's "
+                      "recorded path no longer finds it (its fingerprint must match)")
+  parser.add_argument("--tokenizer", help="tokenizer for the queries (default: the index's)")
   return parser
+
+
+_PRINT_CHUNK = 4096  # text queries answered (and printed) per round
 
 
 def main(argv: Optional[Sequence[str]] = None, embed_queries: Optional[EmbedFn] = None) -> int:
@@ -414,37 +597,59 @@ def main(argv: Optional[Sequence[str]] = None, embed_queries: Optional[EmbedFn] 
 
   Args:
     argv: arguments without the program name (default sys.argv[1:]).
-    embed_queries: texts -> float32[Q, E] query embeddings, the text encoder of the model
-      that built the index; required for --query / --queries_file.
+    embed_queries: texts -> float32[Q, E] query embeddings; default: the text encoder
+      of the model recorded in the index (`TextSearcher`).
 
   Returns:
-    The exit status.
+    The exit status (2: bad flags, a corrupt index or a model that does not match it).
   """
   parser = _parser()
   args = parser.parse_args(argv)
   texts = list(args.query)
   if args.queries_file:
-    with open(args.queries_file, encoding="utf-8") as f:
-      texts += [line.strip() for line in f if line.strip()]
+    try:
+      with open(args.queries_file, encoding="utf-8") as f:
+        texts += [line.strip() for line in f if line.strip()]
+    except (OSError, UnicodeDecodeError) as e:
+      parser.error(f"--queries_file {args.queries_file!r}: {e}")
   if bool(texts) == bool(args.query_embeddings):
     parser.error("give text queries (--query / --queries_file) or --query_embeddings, "
                  "not both and not neither")
-  if texts:
+  try:
+    index = index_lib.load_index(args.index)
+    if args.top_k < 1:
+      parser.error(f"--top_k must be >= 1, got {args.top_k}")
+    top_k = min(args.top_k, len(index))  # a small index answers with all its videos
+    if args.query_embeddings:
+      query_emb = np.load(args.query_embeddings, allow_pickle=False)
+      labels = [f"{args.query_embeddings}[{i}]"
+                for i in range(np.atleast_2d(query_emb).shape[0])]
+      print(format_results(labels, search_embeddings(
+          index, query_emb, top_k, batch_size=args.batch_size, approx=args.approx,
+          recall_target=args.recall_target, dtype=args.dtype)))
+      return 0
+    mesh = make_mesh()
     if embed_queries is None:
-      parser.error("no text encoder is wired in: call ps_jax.search.main(embed_queries=fn) "
-                   "or pass --query_embeddings")
-    query_emb = np.asarray(embed_queries(texts), np.float32)
-    if query_emb.ndim != 2 or query_emb.shape[0] != len(texts):
-      raise ValueError(f"embed_queries returned shape {query_emb.shape} for {len(texts)} "
-                       "texts; expected [Q, E]")
-    labels = texts
-  else:
-    query_emb = np.load(args.query_embeddings, allow_pickle=False)
-    labels = [f"{args.query_embeddings}[{i}]" for i in range(np.atleast_2d(query_emb).shape[0])]
-  results = search_embeddings(args.index, query_emb, args.top_k, batch_size=args.batch_size,
-                              approx=args.approx, recall_target=args.recall_target,
-                              dtype=args.dtype)
-  print(format_results(labels, results))
+      try:
+        embed_queries = query_encoder(index, model=args.model, tokenizer=args.tokenizer,
+                                      mesh=mesh, batch_size=args.batch_size,
+                                      where=f"index {args.index!r}")
+      except QueryEncoderError as e:
+        parser.error(str(e))
+    searcher = Searcher(index.embeddings, index.ids, dtype=args.dtype, mesh=mesh,
+                        batch_size=args.batch_size)
+    for start in range(0, len(texts), _PRINT_CHUNK):
+      chunk = texts[start:start + _PRINT_CHUNK]
+      query_emb = np.asarray(embed_queries(chunk), np.float32)
+      if query_emb.ndim != 2 or query_emb.shape[0] != len(chunk):
+        raise ValueError(f"embed_queries returned shape {query_emb.shape} for {len(chunk)} "
+                         "texts; expected [Q, E]")
+      results = searcher.search_ids(query_emb, top_k, approx=args.approx,
+                                    recall_target=args.recall_target)
+      print(format_results(chunk, results), flush=True)
+  except (index_lib.IndexFormatError, index_lib.FingerprintMismatchError) as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 2
   return 0
 
 
