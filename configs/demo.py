@@ -23,7 +23,7 @@ def get_config():
   c.model.num_prompts = 4
   c.data.name = "moving_shapes/demo"
   c.data.num_frames = 4
-  c.data.eval_num_frames = 8
+  c.data.eval_num_frames = 4       # middle frame of each segment: twins see mirrored frames
   c.data.image_size = 32
   c.data.max_len = 12
   c.data.worker_count = 0
@@ -31,9 +31,10 @@ def get_config():
   c.data.group_size = 2           # every clip shares its batch with its reversed twin
   c.batch_size = 32
   c.eval_batch_size = 32
-  c.num_epochs = 10
-  c.optim.lr_clip = 1e-3          # from scratch: both groups learn fast
-  c.optim.lr_new = 1e-3
+  c.num_epochs = 30
+  c.optim.lr_clip = 1e-3          # from scratch
+  c.optim.lr_new = 1e-2           # the prompt cube (and caption head): a large step breaks
+                                  # the twins' symmetry (identical frame sets) early
   c.optim.weight_decay = 0.05
   c.checkpoint.every_steps = 100
   c.log_every_steps = 10

@@ -121,3 +121,13 @@ def test_eval_mode_and_load_model_from_a_workdir(data_root, tmp_path):
   frames = np.zeros((1, 8, 32, 32, 3), np.float32)
   out = model.apply({"params": params}, frames, method="encode_video")
   assert out["video_embedding"].shape == (1, 32)
+
+
+def test_twin_accuracy():
+  ids = ["a00000f", "a00000r", "a00001f", "a00001r"]
+  t2v = np.array([0, 1, 2, 3, 3])
+  sim = np.array([[.9, .1, 0, 0], [.2, .8, 0, 0], [0, 0, .5, .5], [0, 0, .7, .3],
+                  [0, 0, .2, .4]])
+  # caption 0 and 1 right, 2 a tie (half), 3 wrong, 4 right -> 3.5 / 5.
+  assert train.twin_accuracy(sim, t2v, ids) == pytest.approx(70.0)
+  assert train.twin_accuracy(sim, t2v, ["x", "y", "z", "w"]) is None
