@@ -21,7 +21,9 @@ that `ps_jax.search` needs to embed text queries later (model path, tokenizer, c
 length, frames, image size). A video that cannot be decoded is skipped and reported
 (stderr and `INDEX/index_report.jsonl`); it never stops the run. `--append` adds the
 videos whose id is not in the index yet (re-run it when new files arrive) and refuses
-a model other than the one that built the index.
+a model other than the one that built the index. On several hosts run the same command
+on every host (`jax.distributed.initialize()` as in `ps_jax.main`); every process reads
+the source, and with --append the index, so both must be on a shared filesystem.
 """
 
 from __future__ import annotations
@@ -776,8 +778,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                           tokenizer=args.tokenizer, dtype=args.dtype,
                           batch_size=args.batch_size, num_workers=args.num_workers,
                           progress=not args.no_progress)
-  except (IndexBuildError, index_lib.IndexFormatError,
-          index_lib.FingerprintMismatchError) as e:
+  except (IndexBuildError, index_lib.IndexFormatError, index_lib.FingerprintMismatchError,
+          FileNotFoundError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
   say(summary.line())

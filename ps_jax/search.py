@@ -503,7 +503,11 @@ def query_encoder(index: index_lib.Index, *, model=None, tokenizer: Optional[str
   if not spec:
     raise QueryEncoderError(f"{where} records no tokenizer and none is known for "
                             f"{imodel.path!r}: pass --tokenizer")
-  return TextEncoder(imodel.model, imodel.params, index_videos.load_tokenizer(spec),
+  try:
+    tok = index_videos.load_tokenizer(spec)
+  except (ValueError, OSError) as e:
+    raise QueryEncoderError(f"the tokenizer of {where} cannot be loaded: {e}") from e
+  return TextEncoder(imodel.model, imodel.params, tok,
                      max_len or meta.get("max_len") or imodel.defaults["max_len"],
                      mesh=mesh, batch_size=batch_size)
 
@@ -647,7 +651,8 @@ def main(argv: Optional[Sequence[str]] = None, embed_queries: Optional[EmbedFn] 
       results = searcher.search_ids(query_emb, top_k, approx=args.approx,
                                     recall_target=args.recall_target)
       print(format_results(chunk, results), flush=True)
-  except (index_lib.IndexFormatError, index_lib.FingerprintMismatchError) as e:
+  except (index_lib.IndexFormatError, index_lib.FingerprintMismatchError,
+          FileNotFoundError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
   return 0
