@@ -86,8 +86,9 @@ def test_round_trip_finds_each_captions_own_video(trained, tmp_path, capsys):
   assert index.ids == ids and index.embeddings.dtype == np.float16
   meta = index.meta["metadata"]
   assert meta["model_path"] == os.path.abspath(trained.workdir)
+  data = _config(trained.root).data
   assert (meta["tokenizer"], meta["max_len"], meta["num_frames"], meta["image_size"]) == (
-      "moving_shapes", 12, 8, 32)
+      "moving_shapes", data.max_len, data.eval_num_frames, data.image_size)
 
   searcher = search.TextSearcher.from_index(out, batch_size=16)
   results = searcher.search(captions, 3)
@@ -200,7 +201,7 @@ def test_another_models_index_is_refused(trained, tmp_path, capsys):
   assert len(_ranked_ids(capsys.readouterr().out)["a red circle"]) == 2
 
 
-def test_corrupt_index_files_give_clear_errors(trained, tmp_path, capsys):
+def test_corrupt_index_files_and_bad_inputs_give_clear_errors(trained, tmp_path, capsys):
   out = str(tmp_path / "index")
   source = ["--dataset_dir", trained.root, "--dataset", DATASET, "--split", "val"]
   assert _index("--model", trained.workdir, *source, "--out", out) == 0
@@ -219,6 +220,12 @@ def test_corrupt_index_files_give_clear_errors(trained, tmp_path, capsys):
   assert f"Index file {meta!r} is not valid JSON" in err
   assert search.main(["--index", str(tmp_path / "nothing"), "--query", "x"]) == 2
   assert "does not exist" in capsys.readouterr().err
+  assert _index("--model", trained.workdir, "--dataset_dir", trained.root, "--dataset",
+                "msvd", "--out", str(tmp_path / "x")) == 2
+  assert "--dataset 'msvd': No prepared dataset" in capsys.readouterr().err
+  assert _index("--model", trained.workdir, "--video_dir", str(tmp_path), "--out",
+                str(tmp_path / "x")) == 2
+  assert "holds no video file" in capsys.readouterr().err
 
 
 def test_raw_video_dir_skips_broken_files(trained, mp4_dir, tmp_path, capsys):
