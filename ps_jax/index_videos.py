@@ -724,11 +724,22 @@ def _parser() -> argparse.ArgumentParser:
   return p
 
 
-def _want_distributed(args) -> bool:
+def _distributed_args(args, parser) -> Optional[dict]:
+  """jax.distributed.initialize() arguments (flags, else JAX_COORDINATOR_ADDRESS /
+  JAX_NUM_PROCESSES / JAX_PROCESS_ID), or None on one host (as `ps_jax.main` decides)."""
   env = os.environ
-  return bool(args.coordinator_address or (args.num_processes or 1) > 1 or (
-      "SLURM_NTASKS" in env and int(env["SLURM_NTASKS"]) > 1) or (
-          "TPU_WORKER_HOSTNAMES" in env and "," in env["TPU_WORKER_HOSTNAMES"]))
+  out = {"coordinator_address": args.coordinator_address or env.get("JAX_COORDINATOR_ADDRESS")
+         or None, "num_processes": args.num_processes, "process_id": args.process_id}
+  for key, name in (("num_processes", "JAX_NUM_PROCESSES"), ("process_id", "JAX_PROCESS_ID")):
+    if out[key] is None and env.get(name):
+      try:
+        out[key] = int(env[name])
+      except ValueError:
+        parser.error(f"{name}={env[name]!r} (the default of --{key}) is not an integer")
+  multi = (out["coordinator_address"] or (out["num_processes"] or 1) > 1
+           or int(env.get("SLURM_NTASKS", "1") or 1) > 1
+           or "," in env.get("TPU_WORKER_HOSTNAMES", ""))
+  return out if multi else None
 
 
 def _load_kwargs(args, parser) -> Optional[dict]:
@@ -763,9 +774,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.error("--model is required (it may be left out with --append: the index's model)")
   if args.append and args.overwrite:
     parser.error("--append and --overwrite exclude each other")
-  if _want_distributed(args):
-    jax.distributed.initialize(coordinator_address=args.coordinator_address,
-                               num_processes=args.num_processes, process_id=args.process_id)
+  distributed = _distributed_args(args, parser)
+  if distributed is not None:
+    jax.distributed.initialize(**distributed)
   try:
     if from_dataset:
       source = dataset_source(args.dataset_dir, args.dataset, args.split)
