@@ -74,14 +74,20 @@ def data_root(tmp_path_factory):
   return root
 
 
+@pytest.fixture(scope="module")
+def full_run(data_root, tmp_path_factory):
+  """(workdir, final record) of an uninterrupted 6-step run on one device."""
+  workdir = str(tmp_path_factory.mktemp("full") / "run")
+  return workdir, train.train_and_evaluate(tiny_config(**{"data.dir": data_root}), workdir)
+
+
 def _final_params(workdir):
   model, params = ps_jax.load_model(workdir)
   return model, jax.device_get(params)
 
 
-def test_kill_and_resume_equals_uninterrupted_run(data_root, tmp_path):
-  full = str(tmp_path / "full")
-  record = train.train_and_evaluate(tiny_config(**{"data.dir": data_root}), full)
+def test_kill_and_resume_equals_uninterrupted_run(data_root, full_run, tmp_path):
+  full, record = full_run
   assert set(record) >= {"step", "num_videos", "num_texts", "t2v", "v2t"}
   assert set(record["t2v"]) == {"R@1", "R@5", "R@10", "R@50", "MdR", "MnR"}
   with open(os.path.join(full, "metrics.json")) as f:
@@ -108,6 +114,29 @@ def test_kill_and_resume_equals_uninterrupted_run(data_root, tmp_path):
       np.testing.assert_allclose(np.asarray(x), np.asarray(y), atol=1e-6)
   a.close()
   b.close()
+
+
+def test_resume_onto_a_different_mesh(data_root, full_run, tmp_path):
+  """Stop on 1 device, resume on 8 devices (data=4, fsdp=2): same result as 1 device."""
+  full = full_run[0]
+  part = str(tmp_path / "part")
+  train.train_and_evaluate(tiny_config(**{"data.dir": data_root, "stop_after_steps": 3}),
+                           part)
+  env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8",
+         "JAX_PLATFORMS": "cpu"}
+  proc = subprocess.run([sys.executable, os.path.join(HERE, "resume_on_mesh.py"), part,
+                         data_root], env=env, capture_output=True, text=True, timeout=900)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert "resuming from step 3" in proc.stdout
+  model = _final_params(full)[0]
+  shapes = ps_jax.api.param_shapes(model)
+  a = checkpoints.Checkpointer(full, async_save=False)
+  b = checkpoints.Checkpointer(part, async_save=False)
+  pa, pb = a.restore_params(6, shapes), b.restore_params(6, shapes)
+  a.close()
+  b.close()
+  for x, y in zip(jax.tree_util.tree_leaves(pa), jax.tree_util.tree_leaves(pb)):
+    np.testing.assert_allclose(np.asarray(x), np.asarray(y), atol=1e-5)
 
 
 def test_eval_mode_and_load_model_from_a_workdir(data_root, tmp_path):
