@@ -143,12 +143,13 @@ class IndexModel:
   @classmethod
   def from_params(cls, model, params, *, path: Optional[str] = None,
                   load_kwargs: Optional[dict] = None, num_frames: Optional[int] = None,
-                  max_len: Optional[int] = None,
+                  image_size: Optional[int] = None, max_len: Optional[int] = None,
                   tokenizer: Optional[str] = None) -> "IndexModel":
-    """Wraps an in-memory (model, params); defaults follow the official test recipe."""
+    """Wraps an in-memory (model, params); defaults follow the official test recipe
+    (F = 2 chunks of P frames, the vision tower's image size, 77 tokens)."""
     p = model.config.num_prompts
     defaults = {"num_frames": num_frames or (2 * p if p else 12),
-                "image_size": model.clip.vision.image_size,
+                "image_size": image_size or model.clip.vision.image_size,
                 "max_len": max_len or min(DEFAULT_MAX_LEN,
                                           model.clip.text.max_position_embeddings),
                 "tokenizer": tokenizer}
@@ -171,7 +172,8 @@ class IndexModel:
       model_file = checkpoints.read_model_file(path)
     data = (model_file or {}).get("config", {}).get("data", {})
     return cls.from_params(model, params, path=path, load_kwargs=load_kwargs,
-                           num_frames=data.get("eval_num_frames"), max_len=data.get("max_len"),
+                           num_frames=data.get("eval_num_frames"),
+                           image_size=data.get("image_size"), max_len=data.get("max_len"),
                            tokenizer=tokenizer_spec(path, model_file))
 
 
@@ -617,6 +619,8 @@ def build_index(out: str, source: VideoSource, imodel: Optional[IndexModel] = No
                     "ps_jax_version": __version__}
         index_lib.write_index(out, result.ids, result.embeddings, imodel.fingerprint,
                               metadata, dtype, source=source.describe(), overwrite=overwrite)
+        if os.path.exists(os.path.join(out, REPORT_FILE)):  # the replaced index's
+          os.remove(os.path.join(out, REPORT_FILE))
       else:
         index_lib.append_to_index(out, result.ids, result.embeddings, imodel.fingerprint,
                                   source=source.describe())
