@@ -33,8 +33,8 @@ def make_encoders(model, mesh, params_sharding):
 
 
 def _gather(x) -> np.ndarray:
-  """A batch-sharded global array, or each process's local rows, -> the whole array
-  (process-major, i.e. global batch order) as numpy on every process."""
+  """A batch-sharded global array -> the whole array, in global row order, as numpy on
+  every process."""
   if jax.process_count() == 1:
     return np.asarray(x)
   return np.asarray(multihost_utils.process_allgather(x, tiled=True))
@@ -49,9 +49,12 @@ def embed_videos(encode_video, params, batches: Iterable[Mapping[str, np.ndarray
   """
   out = None
   for local in batches:
-    batch = sharding.global_batch({"frames": local["frames"]}, mesh)
+    # Index and mask travel as global arrays laid out like the frames, so each gathered
+    # embedding row keeps its video index whatever order the mesh gives the hosts' rows.
+    batch = sharding.global_batch({k: local[k] for k in ("frames", "video_index", "mask")},
+                                  mesh)
     emb = _gather(encode_video(params, batch["frames"]))
-    index, mask = _gather(local["video_index"]), _gather(local["mask"])
+    index, mask = _gather(batch["video_index"]), _gather(batch["mask"])
     if out is None:
       out = np.full((num_videos, emb.shape[-1]), np.nan, np.float32)
     out[index[mask]] = emb[mask]
@@ -65,15 +68,13 @@ def embed_texts(encode_text, params, input_ids: np.ndarray, attention_mask: np.n
                 batch_size: int, mesh) -> np.ndarray:
   """float32[T, E] for all T captions (every process holds all of them)."""
   t = len(input_ids)
-  n = jax.process_count()
   pad = (-t) % batch_size
   ids = np.concatenate([input_ids, np.repeat(input_ids[-1:], pad, 0)])
   mask = np.concatenate([attention_mask, np.repeat(attention_mask[-1:], pad, 0)])
-  local = batch_size // n
-  lo = jax.process_index() * local
+  mine = sharding.process_batch_rows(mesh, batch_size)  # this host's rows of each batch
   out = []
   for start in range(0, len(ids), batch_size):
-    rows = slice(start + lo, start + lo + local)
+    rows = start + mine
     batch = sharding.global_batch({"ids": ids[rows], "mask": mask[rows]}, mesh)
     out.append(_gather(encode_text(params, batch["ids"], batch["mask"])))
   return np.concatenate(out)[:t]

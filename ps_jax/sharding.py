@@ -113,10 +113,25 @@ def replicated(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, P())
 
 
+def process_batch_rows(mesh: Mesh, global_size: int) -> np.ndarray:
+  """int64[b]: the rows of a global batch of `global_size` rows that this process holds.
+
+  `global_batch` places a process's local rows, in order, at these global positions.
+  They are contiguous when the mesh lists each host's devices together (`make_mesh` on
+  CPU / GPU), but a topology-aware TPU mesh may interleave hosts, so code that must
+  know which global row a local row becomes (evaluation order) asks here.
+  """
+  index_map = batch_sharding(mesh, 1).addressable_devices_indices_map((global_size,))
+  ranges = sorted({idx[0].indices(global_size)[:2] for idx in index_map.values()})
+  return np.concatenate([np.arange(a, b, dtype=np.int64) for a, b in ranges])
+
+
 def global_batch(local: Mapping[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
   """Process-local batch slices -> global jax.Arrays sharded on the batch axis.
 
-  Each process passes its own rows (b = B / process_count); the result has B rows.
+  Each process passes its own rows (b = B / process_count); the result has B rows, and
+  local row i lands at global row `process_batch_rows(mesh, B)[i]` (process-major
+  order when every host's devices are contiguous in the mesh).
   """
   return {k: jax.make_array_from_process_local_data(batch_sharding(mesh, np.ndim(v)),
                                                     np.asarray(v))
