@@ -6,7 +6,9 @@ of a split once into a search index, `ps_jax.index_videos`; then `python -m
 ps_jax.search --index <workdir>/index_test --query "..."`). Config fields are overridden
 with `--config.batch_size=64`-style flags. On several hosts run the same command on
 every host: `jax.distributed.initialize()` is called first (auto-detected on TPU VMs
-and SLURM, or from the --coordinator_address / --num_processes / --process_id flags).
+and SLURM, or from the --coordinator_address / --num_processes / --process_id flags or
+the JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID environment variables).
+launch/ has the scripts that start it on a TPU pod, a SLURM cluster or one machine.
 """
 
 import os
@@ -36,25 +38,63 @@ _DISTRIBUTED = flags.DEFINE_bool(
 flags.mark_flags_as_required(["config", "workdir"])
 
 
-def _want_distributed() -> bool:
+def _flag_or_env(flag, env_name: str, cast=str):
+  """The flag's value, else the environment variable's, else None."""
+  if flag.value is not None:
+    return flag.value
+  raw = os.environ.get(env_name, "")
+  if not raw:
+    return None
+  try:
+    return cast(raw)
+  except ValueError:
+    raise app.UsageError(f"{env_name}={raw!r} (the default of --{flag.name}) is not "
+                         f"a valid {cast.__name__}") from None
+
+
+def _distributed_args() -> dict:
+  """coordinator_address / num_processes / process_id from flags, else environment."""
+  return {"coordinator_address": _flag_or_env(_COORDINATOR, "JAX_COORDINATOR_ADDRESS"),
+          "num_processes": _flag_or_env(_NUM_PROCESSES, "JAX_NUM_PROCESSES", int),
+          "process_id": _flag_or_env(_PROCESS_ID, "JAX_PROCESS_ID", int)}
+
+
+def _want_distributed(args: dict) -> bool:
   if _DISTRIBUTED.value is not None:
     return _DISTRIBUTED.value
-  if _COORDINATOR.value or (_NUM_PROCESSES.value or 1) > 1:
+  if args["coordinator_address"] or (args["num_processes"] or 1) > 1:
     return True
   env = os.environ
   return ("SLURM_NTASKS" in env and int(env["SLURM_NTASKS"]) > 1) or (
       "TPU_WORKER_HOSTNAMES" in env and "," in env["TPU_WORKER_HOSTNAMES"])
 
 
+def _check_workdir(workdir: str) -> None:
+  """Every host must see the same workdir as a file system path (orbax writes each
+  host's shards there; logs and metrics are plain files)."""
+  if "://" in workdir:
+    raise app.UsageError(
+        f"--workdir={workdir}: URLs are not supported yet (metrics and logs are written "
+        "with local file I/O). On several hosts use a directory they all mount at the "
+        "same path (NFS / Filestore, or the bucket through Cloud Storage FUSE).")
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  _check_workdir(_WORKDIR.value)
   import jax  # pylint: disable=g-import-not-at-top
 
-  if _want_distributed():
-    jax.distributed.initialize(coordinator_address=_COORDINATOR.value,
-                               num_processes=_NUM_PROCESSES.value,
-                               process_id=_PROCESS_ID.value)
+  args = _distributed_args()
+  if _want_distributed(args):
+    try:
+      jax.distributed.initialize(**args)
+    except (ValueError, TypeError) as e:
+      raise app.UsageError(
+          f"jax.distributed.initialize(): {str(e).rstrip('.')}. Outside SLURM and Cloud TPU VMs (where "
+          "they are detected) give --coordinator_address=host:port, --num_processes and "
+          "--process_id (or JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES, JAX_PROCESS_ID); "
+          "--nodistributed runs a single process.") from e
   # Our own progress goes to stdout; keep library INFO chatter (orbax, grain) out of it.
   absl_logging.set_verbosity(absl_logging.WARNING)
   from ps_jax import train  # pylint: disable=g-import-not-at-top
