@@ -66,15 +66,16 @@ OPTIM = dict(lr_clip=1e-3, lr_new=1e-3, weight_decay=0.2, b1=0.9, b2=0.999, eps=
              warmup_fraction=0.1, grad_clip=1.0)
 
 
-def run_steps(model, batches, mesh, rules=(("embed", "fsdp"),), grad_accum_steps=1,
-              ema_decay=0.0, total_steps=10, **optim_overrides):
-  """Runs the jitted, sharded train step on `mesh`; returns (host state, [metrics])."""
+def make_train_step(model, mesh, example_batch, rules=(("embed", "fsdp"),),
+                    grad_accum_steps=1, ema_decay=0.0, total_steps=10, **optim_overrides):
+  """(initial state on `mesh`, jitted sharded step, state shardings) for `model`."""
   tx, schedules = optim.make_optimizer({**OPTIM, **optim_overrides}, total_steps)
   lc = ts.LossConfig(jnp.asarray(np.linspace(0.25, 1.0, VOCAB), jnp.float32), VOCAB - 1)
   shapes = api.param_shapes(model)
   ps = sharding.param_shardings(logical_axes(model, *api.dummy_inputs(model)), shapes, mesh,
                                 dict(rules))
-  params = jax.device_put(api.init_model_params(model, jax.random.PRNGKey(0)), ps)
+  params = jax.jit(lambda r: api.init_model_params(model, r),  # jitted: eager init is slow
+                   out_shardings=ps)(jax.random.PRNGKey(0))
   rng = jax.random.PRNGKey(1)
   abstract = jax.eval_shape(lambda: create_state(shapes, tx, rng, ema_decay > 0))
   rep = sharding.replicated(mesh)
@@ -89,10 +90,35 @@ def run_steps(model, batches, mesh, rules=(("embed", "fsdp"),), grad_accum_steps
                                             grad_accum_steps=grad_accum_steps,
                                             ema_decay=ema_decay),
                  in_shardings=(shard, {k: sharding.batch_sharding(mesh, v.ndim)
-                                       for k, v in batches[0].items()}),
+                                       for k, v in example_batch.items()}),
                  out_shardings=(shard, rep), donate_argnums=0)
+  return state, step, shard
+
+
+def run_steps(model, batches, mesh, rules=(("embed", "fsdp"),), grad_accum_steps=1,
+              ema_decay=0.0, total_steps=10, **optim_overrides):
+  """Runs the jitted, sharded train step on `mesh`; returns (host state, [metrics])."""
+  state, step, _ = make_train_step(model, mesh, batches[0], rules, grad_accum_steps,
+                                   ema_decay, total_steps, **optim_overrides)
   history = []
   for batch in batches:
     state, metrics = step(state, sharding.global_batch(batch, mesh))
     history.append({k: float(v) for k, v in jax.device_get(metrics).items()})
   return jax.device_get(state), history
+
+
+def local_rows(batch, mesh):
+  """This process's rows of a global host batch (what its input pipeline would read)."""
+  rows = sharding.process_batch_rows(mesh, len(next(iter(batch.values()))))
+  return {k: v[rows] for k, v in batch.items()}
+
+
+def run_steps_per_process(model, batches, mesh, **kwargs):
+  """Like `run_steps`, but on several processes: each feeds only its `local_rows` of
+  every batch. Returns (state as global jax.Arrays on `mesh`, [metrics])."""
+  state, step, _ = make_train_step(model, mesh, batches[0], **kwargs)
+  history = []
+  for batch in batches:
+    state, metrics = step(state, sharding.global_batch(local_rows(batch, mesh), mesh))
+    history.append({k: float(v) for k, v in metrics.items()})  # replicated: readable
+  return state, history
