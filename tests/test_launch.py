@@ -19,9 +19,14 @@ SLURM = os.path.join(LAUNCH, "slurm_gpu.sbatch")
 SCRIPTS = [LOCAL, TPU, SLURM]
 
 
+# Variables the scripts read as defaults: the tests start from none of them.
+SCRIPT_VARIABLES = ("PYTHON", "TPU_", "GPUS_PER_NODE", "PS_JAX_", "SLURM_")
+
+
 def run(argv, env=None, timeout=60):
+  clean = {k: v for k, v in os.environ.items() if not k.startswith(SCRIPT_VARIABLES)}
   return subprocess.run(argv, capture_output=True, text=True, timeout=timeout,
-                        env={**os.environ, **(env or {})})
+                        env={**clean, **(env or {})})
 
 
 def dry_run(argv, env=None) -> list:
@@ -47,7 +52,7 @@ def test_scripts_pass_shellcheck(script):
 @pytest.mark.parametrize("script", SCRIPTS, ids=os.path.basename)
 def test_scripts_are_executable_and_have_help(script):
   assert os.stat(script).st_mode & stat.S_IXUSR
-  proc = run([script, "--help"], {"SLURM_JOB_ID": ""})
+  proc = run([script, "--help"])
   assert proc.returncode == 0 and "--dry-run" in proc.stdout, proc.stdout + proc.stderr
 
 
@@ -235,15 +240,14 @@ def test_tpu_up_logs_stop_status_delete_exec():
     ([], {}, "no command given"),
 ])
 def test_tpu_errors_name_the_option(args, env, message):
-  proc = run([TPU, "--dry-run"] + args, {"TPU_NAME": "", "TPU_ZONE": "", **env})
+  proc = run([TPU, "--dry-run"] + args, env)
   assert proc.returncode == 2 and message in proc.stderr, proc.stderr
 
 
 # ----------------------------------------------------------------------------- slurm_gpu.sbatch
 
 SLURM_ENV = {"SLURM_JOB_ID": "123456", "SLURM_JOB_NODELIST": "gpu[003-004,009]",
-             "SLURM_JOB_NUM_NODES": "3", "SLURM_GPUS_ON_NODE": "8", "PS_JAX_PORT": "",
-             "GPUS_PER_NODE": "", "PS_JAX_PER": "", "PYTHON": ""}
+             "SLURM_JOB_NUM_NODES": "3", "SLURM_GPUS_ON_NODE": "8"}
 
 
 def test_slurm_dry_run_one_process_per_node():
