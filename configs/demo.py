@@ -21,6 +21,8 @@ def get_config():
                              num_attention_heads=4)
   c.model.clip.projection_dim = 64
   c.model.num_prompts = 4
+  c.model.prompt_init_scale = 100.0  # from scratch the cube must start O(1) (official
+                                     # init: D^-0.5 * 0.02, made for pretrained CLIP)
   c.data.name = "moving_shapes/demo"
   c.data.num_frames = 4
   c.data.eval_num_frames = 4       # middle frame of each segment: twins see mirrored frames
