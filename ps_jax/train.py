@@ -19,7 +19,6 @@ from typing import Any, Optional
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 from jax.experimental import multihost_utils
 
 from ps_jax import api, checkpoints, embed, evaluation, losses, optim, sharding

@@ -1,6 +1,5 @@
 """Shared pytest fixtures: tiny CLIP configs and HF checkpoints written to temp dirs."""
 
-import os
 import pathlib
 
 import numpy as np

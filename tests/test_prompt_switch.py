@@ -1,6 +1,5 @@
 """Prompt Switch model: switched layer, information flow, gradients, losses, official import."""
 
-import os
 
 import jax
 import jax.numpy as jnp
@@ -13,7 +12,6 @@ import ps_jax
 from conftest import random_text_batch, randomize_torch_module, tiny_hf_clip_config
 from ps_jax import convert, losses
 from ps_jax.models import clip
-from ps_jax.models.prompt_switch import PromptSwitch, PromptSwitchConfig
 from torch_prompt_switch import TorchPromptSwitch
 
 jax.config.update("jax_default_matmul_precision", "highest")

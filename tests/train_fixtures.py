@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ps_jax import api, losses, optim, sharding
+from ps_jax import api, optim, sharding
 from ps_jax import train_step as ts
 from ps_jax.config_defaults import load_config_file
 from ps_jax.models.clip import ClipConfig, TextConfig, VisionConfig, logical_axes

@@ -36,7 +36,7 @@ import numpy as np
 
 from ps_jax.data import builders
 from ps_jax.data import transforms
-from ps_jax.data.transforms import normalize_frames  # pylint: disable=unused-import
+from ps_jax.data.transforms import normalize_frames  # noqa: F401  (re-exported)
 
 _ORDER_SALT = 0x70616972  # separates the ordering stream from the augmentation streams
 
