@@ -65,29 +65,8 @@ done
 [[ -n "$WORKDIR" ]] || die "ps_jax.main needs --workdir DIR (after --)"
 LOG_DIR="${LOG_DIR:-$WORKDIR/logs}"
 
-# Quotes one word for a shell: plain words as they are, anything else single-quoted
-# (after the `--flag=` of a flag).
-quote() {
-  local word="$1" flag=""
-  if [[ "$word" =~ ^[A-Za-z0-9_./:=@,+%-]+$ ]]; then
-    printf '%s' "$word"
-    return
-  fi
-  if [[ "$word" =~ ^(--[A-Za-z0-9_.-]+=)(.*)$ ]]; then
-    flag="${BASH_REMATCH[1]}"
-    word="${BASH_REMATCH[2]}"
-  fi
-  printf "%s'%s'" "$flag" "${word//\'/\'\\\'\'}"
-}
-
-# Prints a command, one line, so that it can be pasted into a shell.
-show() {
-  local out=() word
-  for word in "$@"; do
-    out+=("$(quote "$word")")
-  done
-  printf '%s\n' "${out[*]}"
-}
+# shellcheck disable=SC1091  # quote, show
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 command_for() {  # the argv of process $1
   echo "env"

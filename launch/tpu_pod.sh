@@ -107,29 +107,8 @@ esac
 [[ -n "$ZONE" ]] || die "--zone (or TPU_ZONE) is required"
 [[ "$LOG_WORKER" =~ ^[0-9]+$ ]] || die "--log_worker must be a worker index, got '$LOG_WORKER'"
 
-# Quotes one word for a shell: plain words as they are, anything else single-quoted
-# (after the `--flag=` of a flag).
-quote() {
-  local word="$1" flag=""
-  if [[ "$word" =~ ^[A-Za-z0-9_./:=@,+%-]+$ ]]; then
-    printf '%s' "$word"
-    return
-  fi
-  if [[ "$word" =~ ^(--[A-Za-z0-9_.-]+=)(.*)$ ]]; then
-    flag="${BASH_REMATCH[1]}"
-    word="${BASH_REMATCH[2]}"
-  fi
-  printf "%s'%s'" "$flag" "${word//\'/\'\\\'\'}"
-}
-
-# Prints a command, one line, so that it can be pasted into a shell.
-show() {
-  local out=() word
-  for word in "$@"; do
-    out+=("$(quote "$word")")
-  done
-  printf '%s\n' "${out[*]}"
-}
+# shellcheck disable=SC1091  # quote, show
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 # Runs a command, or only prints it with --dry-run.
 run() {
