@@ -43,8 +43,14 @@ class LossConfig:
 
 
 def forward(model, params, batch) -> dict:
-  """Model outputs for a batch of uint8 frames (normalised here, on device)."""
-  frames = normalize_frames(batch["frames"])
+  """Model outputs for a batch of frames.
+
+  uint8 frames (the pipeline's output) are CLIP-normalised here, on device; floating
+  frames are taken as already normalised on the host (`normalize_frames` in numpy).
+  """
+  frames = batch["frames"]
+  if frames.dtype == jnp.uint8:
+    frames = normalize_frames(frames)
   return model.apply({"params": params}, batch["input_ids"], batch["attention_mask"], frames)
 
 
@@ -128,8 +134,9 @@ def train_step(state: State, batch: Mapping[str, Array], *, model, tx: optax.Gra
 
   Args:
     state: {"step": int32[], "params", "opt_state", "rng": uint32[2], "ema_params"?}.
-    batch: {"frames": uint8[B, F, S, S, 3], "input_ids": int32[B, L],
-      "attention_mask": int32[B, L]} (global arrays, sharded on B).
+    batch: {"frames": uint8[B, F, S, S, 3] (or float32, already normalised on the host),
+      "input_ids": int32[B, L], "attention_mask": int32[B, L]} (global arrays, sharded
+      on B).
 
   Returns:
     (new state, metrics of floats: loss, loss terms, grad_norm, lr_clip, lr_new,
