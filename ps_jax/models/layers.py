@@ -73,6 +73,18 @@ def Dense(features: int, names: tuple[str, str], *, use_bias: bool = True,
       bias_init=partitioned(nn.initializers.zeros, (names[1],)), name=name)
 
 
+def cudnn_attention_supported(q: Array, k: Array, bias: Optional[Array]) -> bool:
+  """Whether `jax.nn.dot_product_attention(implementation="cudnn")` (cuDNN flash
+  attention) accepts these shapes: a CUDA GPU, bfloat16/float16 inputs, a head dim that
+  is a multiple of 8 and at most 128, and, with a bias, even query and key lengths (the
+  conditions JAX checks for training; Hopper allows head dims up to 256)."""
+  if jax.default_backend() != "gpu" or "cuda" not in jax.devices()[0].client.platform_version:
+    return False
+  if q.dtype not in (jnp.bfloat16, jnp.float16) or q.shape[-1] % 8 or q.shape[-1] > 128:
+    return False
+  return bias is None or (q.shape[1] % 2 == 0 and k.shape[1] % 2 == 0)
+
+
 def dot_product_attention(q: Array, k: Array, v: Array, bias: Optional[Array],
                           impl: str = "xla") -> Array:
   """Softmax attention.
@@ -81,7 +93,8 @@ def dot_product_attention(q: Array, k: Array, v: Array, bias: Optional[Array],
     q: [B, Tq, H, Dh]; k, v: [B, Tk, H, Dh].
     bias: additive float32 mask broadcastable to [B, H, Tq, Tk], or None.
     impl: "xla" (einsum + float32 softmax) or "dot_product_attention"
-      (`jax.nn.dot_product_attention`, cuDNN flash attention on GPU where shapes allow).
+      (`jax.nn.dot_product_attention`: cuDNN flash attention where
+      `cudnn_attention_supported`, its XLA implementation elsewhere).
 
   Returns:
     [B, Tq, H, Dh] in q's dtype.
@@ -90,7 +103,10 @@ def dot_product_attention(q: Array, k: Array, v: Array, bias: Optional[Array],
   if impl == "dot_product_attention":
     if bias is not None:
       bias = bias.astype(q.dtype)
-    return jax.nn.dot_product_attention(q, k, v, bias=bias, scale=scale)
+    # implementation=None would always pick XLA: ask for cuDNN explicitly.
+    backend = "cudnn" if cudnn_attention_supported(q, k, bias) else "xla"
+    return jax.nn.dot_product_attention(q, k, v, bias=bias, scale=scale,
+                                        implementation=backend)
   if impl != "xla":
     raise ValueError(f"attention_impl must be one of {ATTENTION_IMPLS}, got {impl!r}")
   logits = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32) * scale
