@@ -8,7 +8,8 @@ devices) prints markdown tables of:
   - the device's measured matmul peak (a large jitted matmul per compute dtype);
   - model FLOPs counted analytically (matmuls of the text tower, the vision tower on
     N + P tokens, prompt aggregation, caption head; x3 for forward + backward) next to
-    XLA's own count (`jitted.lower(...).compile().cost_analysis()`) and their ratio;
+    XLA's own count (`jitted.lower(...).compile().cost_analysis()` of the step with
+    every scanned layer unrolled: XLA counts a while loop's body once) and their ratio;
   - one row per train-step variant (the base options, then each fast path toggled on its
     own): step time, videos/s, frames/s, achieved TFLOP/s, MFU against the measured peak,
     XLA's memory plan of the step;
@@ -16,13 +17,16 @@ devices) prints markdown tables of:
   - with --torch, the same computation written with `transformers`' PyTorch CLIPModel
     (vision + text towers on the same B*F images and captions, the same contrastive loss,
     forward + backward + global-norm clipping + torch.optim.AdamW step, float32, eager
-    attention) and the ratio ps_jax / PyTorch;
+    attention; one row per --torch_threads setting, the fastest is the reference; on a
+    CUDA device when PyTorch has one) and the ratio ps_jax / PyTorch;
   - with --pipeline, the grain input pipeline's frames/s next to the train step's.
 
 Timing: every executable is compiled and run once first; then in each of --rounds
-rounds every variant (and the PyTorch reference, and the matmul peak) runs --steps
-steps, one after the other, and a variant's time is the median over rounds of its mean
-step time. Interleaving rounds keeps ratios fair on a machine whose load changes.
+rounds every variant (and the PyTorch reference, and the matmul peak) runs one untimed
+step and --steps timed steps, one variant after the other, and a variant's time is the
+median over rounds of its mean step time. Interleaving rounds keeps ratios fair on a
+machine whose load changes; the untimed step keeps what ran just before (the other
+framework's threads, memory it freed) from being billed to the next variant.
 Each step blocks on its metrics (a loop that logs every step); with prefetching the
 next batch's `jax.device_put` is issued while the step runs, without it the transfer
 happens between steps.
@@ -30,21 +34,22 @@ happens between steps.
 Base options (each a command-line flag): --dtype float32|bfloat16 (params and optimizer
 state stay float32), --attention_impl xla|dot_product_attention, --remat_policy,
 --scan_unroll (0 = every layer), --donate / --no_donate, --normalize device|host,
---prefetch / --no_prefetch. XLA flags go in the XLA_FLAGS environment variable.
+--prefetch / --no_prefetch. XLA flags go in the XLA_FLAGS environment variable; on CPU
+see benchmarks/RESULTS_perf.md for the flags and allocator setting used there.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import importlib.util
 import math
 import os
 import statistics
-import sys
 import tempfile
 import time
-from typing import Any, Callable, Optional
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
@@ -54,7 +59,7 @@ from ps_jax import api, optim, sharding
 from ps_jax import train_step as ts
 from ps_jax.config_defaults import base_config
 from ps_jax.data.transforms import normalize_frames
-from ps_jax.models.clip import ClipConfig, Compute, TextConfig, VisionConfig, logical_axes
+from ps_jax.models.clip import ClipConfig, TextConfig, VisionConfig, logical_axes
 from ps_jax.models import layers as L
 from ps_jax.train import create_state
 
@@ -152,6 +157,18 @@ def xla_flops(compiled) -> float:
 
 # ----------------------------------------------------------------------------- timing
 
+# On GPUs JAX's default precision lets float32 matmuls use TF32; unless --tf32, float32
+# executables are traced with "highest" precision, as PyTorch's float32 reference.
+FULL_FLOAT32 = False
+
+
+def precision(dtype: str):
+  """Context for tracing an executable that computes in `dtype`."""
+  if dtype == "float32" and FULL_FLOAT32:
+    return jax.default_matmul_precision("highest")
+  return contextlib.nullcontext()
+
+
 
 def median_time(fn: Callable[[], Any], reps: int) -> float:
   """Median wall seconds of `reps` calls of fn (which must block until done)."""
@@ -171,7 +188,8 @@ class MatmulPeak:
     key = jax.random.PRNGKey(0)
     a = jax.device_put(jax.random.normal(key, (size, size), jnp.dtype(dtype)), device)
     self.args = (a, a.T + 1)
-    self.fn = jax.jit(jnp.matmul)
+    with precision(dtype):
+      self.fn = jax.jit(jnp.matmul).lower(*self.args).compile()
     jax.block_until_ready(self.fn(*self.args))
     self.samples: list[float] = []
 
@@ -322,7 +340,8 @@ class TrainVariant:
 
   def compile(self, state) -> None:
     start = time.perf_counter()
-    self.compiled = self.jitted().lower(state, self.put(0)).compile()
+    with precision(self.opts.dtype):
+      self.compiled = self.jitted().lower(state, self.put(0)).compile()
     self.compile_s = time.perf_counter() - start
 
   def unrolled_twin_flops(self, state, clip: ClipConfig, mode: str) -> float:
@@ -334,7 +353,8 @@ class TrainVariant:
       return xla_flops(self.compiled)
     twin = api.build_model(clip, num_prompts=self.opts.num_prompts,
                            **{**self.opts.compute(), "scan_unroll": full})
-    lowered = self.jitted(twin).lower(state, self.put(0))
+    with precision(self.opts.dtype):
+      lowered = self.jitted(twin).lower(state, self.put(0))
     if mode == "lowered":
       return xla_flops(lowered)
     return xla_flops(lowered.compile())
@@ -383,7 +403,8 @@ class EvalVariant:
     fn = lambda p, f: self.model.apply({"params": p}, normalize_frames(f),
                                        method="encode_video")["video_embedding"]
     start = time.perf_counter()
-    self.compiled = jax.jit(fn).lower(self.params, self.frames).compile()
+    with precision(opts.dtype):
+      self.compiled = jax.jit(fn).lower(self.params, self.frames).compile()
     self.compile_s = time.perf_counter() - start
 
   def run(self, steps: int) -> float:
@@ -400,17 +421,22 @@ class TorchReference:
   """`transformers.CLIPModel` (eager attention, float32) trained like ps_jax's step:
   vision and text towers, video = normalised mean of normalised frame features,
   symmetric InfoNCE, backward, global-norm clipping at 1.0, AdamW (official constants).
-  No prompt cube, aggregation or caption head: these exist only in Prompt Switch."""
+  No prompt cube, aggregation or caption head: these exist only in Prompt Switch.
+  Runs on the first CUDA device when PyTorch sees one, else on the CPU."""
 
-  def __init__(self, clip: ClipConfig, host_batch: dict[str, np.ndarray], adamw: str):
+  def __init__(self, clip: ClipConfig, host_batch: dict[str, np.ndarray], adamw: str,
+               tf32: bool = False):
     import torch  # pylint: disable=g-import-not-at-top
     import transformers  # pylint: disable=g-import-not-at-top
 
     self.torch = torch
     self.default_threads = torch.get_num_threads()
+    self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    torch.backends.cuda.matmul.allow_tf32 = tf32
+    torch.backends.cudnn.allow_tf32 = tf32
     torch.manual_seed(0)
     config = transformers.CLIPConfig(**clip.to_hf_dict(), attn_implementation="eager")
-    self.model = transformers.CLIPModel(config).train()
+    self.model = transformers.CLIPModel(config).train().to(self.device)
     impl = self.model.vision_model.config._attn_implementation  # pylint: disable=protected-access
     if impl != "eager":
       raise RuntimeError(f"PyTorch reference must use eager attention, got {impl!r}")
@@ -420,11 +446,16 @@ class TorchReference:
                                  weight_decay=OPTIM["weight_decay"], **kw)
     b, f = host_batch["frames"].shape[:2]
     frames = normalize_frames(host_batch["frames"])  # same images, NCHW
-    self.pixels = torch.from_numpy(
-        np.ascontiguousarray(frames.reshape(b * f, *frames.shape[2:]).transpose(0, 3, 1, 2)))
-    self.ids = torch.from_numpy(host_batch["input_ids"]).long()
-    self.mask = torch.from_numpy(host_batch["attention_mask"]).long()
+    self.pixels = self.to_device(frames.reshape(b * f, *frames.shape[2:]))
+    self.ids = torch.from_numpy(host_batch["input_ids"]).long().to(self.device)
+    self.mask = torch.from_numpy(host_batch["attention_mask"]).long().to(self.device)
+    self.labels = torch.arange(b, device=self.device)
     self.b, self.f = b, f
+
+  def to_device(self, frames: np.ndarray):
+    """float32[N, S, S, 3] normalised frames -> an NCHW tensor on the reference's device."""
+    return self.torch.from_numpy(np.ascontiguousarray(frames.transpose(0, 3, 1, 2))).to(
+        self.device)
 
   def _features(self):
     m = self.model
@@ -440,15 +471,14 @@ class TorchReference:
     video = fn.normalize(fn.normalize(image, dim=-1).reshape(self.b, self.f, -1).mean(1),
                          dim=-1)
     logits = self.model.logit_scale.exp() * text @ video.T
-    labels = torch.arange(self.b)
-    loss = (fn.cross_entropy(logits, labels) + fn.cross_entropy(logits.T, labels)) / 2
+    loss = (fn.cross_entropy(logits, self.labels) + fn.cross_entropy(logits.T, self.labels)) / 2
     self.opt.zero_grad(set_to_none=True)
     loss.backward()
     torch.nn.utils.clip_grad_norm_(self.model.parameters(), OPTIM["grad_clip"])
     self.opt.step()
     with torch.no_grad():
       self.model.logit_scale.clamp_(max=math.log(100.0))
-    return float(loss)
+    return loss.detach().item()  # waits for the step, like ps_jax's per-step metrics
 
   def run(self, steps: int, threads: int = 0) -> float:
     """Seconds per train step with `threads` intra-op threads (0: PyTorch's default)."""
@@ -465,7 +495,8 @@ class TorchReference:
     t0 = time.perf_counter()
     with self.torch.inference_mode():
       for _ in range(steps):
-        m.visual_projection(m.vision_model(pixel_values=pixels).pooler_output)
+        out = m.visual_projection(m.vision_model(pixel_values=pixels).pooler_output)
+        out.cpu()
     return (time.perf_counter() - t0) / steps
 
 
@@ -475,7 +506,7 @@ class TorchReference:
 def pipeline_frames_per_s(args, clip: ClipConfig, workers: list[int]) -> list[tuple]:
   """grain training-pipeline throughput (frames/s) on a prepared synthetic .mp4 dataset,
   built with benchmarks/bench_pipeline.py's helpers, for each worker count."""
-  from ps_jax.data import builders, moving_shapes, pipeline, prepare  # pylint: disable=g-import-not-at-top
+  from ps_jax.data import moving_shapes, pipeline, prepare  # pylint: disable=g-import-not-at-top
 
   path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "bench_pipeline.py")
   spec = importlib.util.spec_from_file_location("bench_pipeline", path)
@@ -489,7 +520,6 @@ def pipeline_frames_per_s(args, clip: ClipConfig, workers: list[int]) -> list[tu
     prepare.prepare("moving_shapes", out_dir=out, video_dir=os.path.join(src, "videos"),
                     anno_dir=src, frames_per_video=16, short_side=256, num_workers=0,
                     progress=False)
-    builders.load_split(out, "moving_shapes", "train")
     tok = moving_shapes.make_tokenizer()
     for w in workers:
       loader = pipeline.make_train_loader(
@@ -538,7 +568,7 @@ def parse_args(argv=None):
   p.add_argument("--sweep", default="all",
                  help=f"options to toggle one at a time: 'all', 'none' or a comma list of "
                       f"{','.join(SWEEPABLE)}")
-  p.add_argument("--sweep_remat", default="full,dots_saveable",
+  p.add_argument("--sweep_remat", default="full,dots_with_no_batch_dims_saveable",
                  help="policies tried when the sweep toggles remat on")
   p.add_argument("--plain_clip", action="store_true",
                  help="also the base options with num_prompts=0 (no cube, no caption head)")
@@ -548,6 +578,9 @@ def parse_args(argv=None):
   p.add_argument("--torch_threads", default="0",
                  help="PyTorch intra-op thread counts, one row each; the fastest is the "
                       "reference (0: PyTorch's default)")
+  p.add_argument("--tf32", action=argparse.BooleanOptionalAction, default=False,
+                 help="GPU: let float32 matmuls use TF32 (JAX's default precision, PyTorch's "
+                      "allow_tf32); off: full float32 in both")
   p.add_argument("--eval", action=argparse.BooleanOptionalAction, default=True,
                  help="also time the encode_video (index) forward pass")
   p.add_argument("--eval_batch", type=int, default=0, help="0: --batch")
@@ -567,6 +600,8 @@ def parse_args(argv=None):
 
 def main(argv=None) -> None:
   args = parse_args(argv)
+  global FULL_FLOAT32
+  FULL_FLOAT32 = jax.default_backend() == "gpu" and not args.tf32
   base_clip = MODELS[args.model]
   size = args.image_size or base_clip.vision.image_size
   clip = dataclasses.replace(base_clip, vision=dataclasses.replace(base_clip.vision,
@@ -589,7 +624,9 @@ def main(argv=None) -> None:
 
   b, f = args.batch, args.frames
   print(f"device: {dev.platform} {dev.device_kind} x{len(devices)}, jax {jax.__version__}, "
-        f"XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}, {os.cpu_count()} host CPUs")
+        f"{os.cpu_count()} host CPUs, load average {os.getloadavg()[0]:.1f}")
+  print(f"XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}, "
+        f"GLIBC_TUNABLES={os.environ.get('GLIBC_TUNABLES', '')!r}")
   print(f"model {args.model} ({size}px, patch {clip.vision.patch_size}), batch {b} videos x "
         f"{f} frames = {b * f} images, P={args.num_prompts}, text length {args.text_len}; "
         f"{args.rounds} rounds x {args.steps} steps per variant\n")
@@ -609,11 +646,12 @@ def main(argv=None) -> None:
     states[v.num_prompts], _ = tv.run(states[v.num_prompts], 1)  # first run
     train.append(tv)
     print(f"compiled {v.label(base, full_unroll)}: {tv.compile_s:.1f} s", flush=True)
+  # XLA's FLOP count once per (P, remat policy): the other fast paths do not change the
+  # computation's FLOPs. Unrolled variants first: their own executable counts.
   flop_cache: dict[tuple, float] = {}
-  for tv in train:
-    key = (tv.opts.num_prompts, tv.opts.dtype, tv.opts.attention_impl, tv.opts.remat_policy)
-    if key not in flop_cache or (tv.opts.scan_unroll >= full_unroll
-                                 and args.xla_count == "compiled"):
+  for tv in sorted(train, key=lambda t: t.opts.scan_unroll < full_unroll):
+    key = (tv.opts.num_prompts, tv.opts.remat_policy)
+    if key not in flop_cache:
       flop_cache[key] = tv.unrolled_twin_flops(states[tv.opts.num_prompts], clip,
                                                args.xla_count)
     tv.xla = flop_cache[key]
@@ -637,14 +675,15 @@ def main(argv=None) -> None:
   torch_threads = [int(t) for t in args.torch_threads.split(",")]
   if args.torch:
     import torch  # pylint: disable=g-import-not-at-top
-    ref = TorchReference(clip, host_batches[0], args.torch_adamw)
+    ref = TorchReference(clip, host_batches[0], args.torch_adamw, args.tf32)
     ref.run(1)
     if args.eval:
-      eval_pixels = torch.from_numpy(np.ascontiguousarray(normalize_frames(
-          eval_frames.reshape(-1, *eval_frames.shape[2:])).transpose(0, 3, 1, 2)))
+      eval_pixels = ref.to_device(normalize_frames(eval_frames.reshape(
+          -1, *eval_frames.shape[2:])))
       ref.run_eval(1, eval_pixels)
-    print(f"PyTorch {torch.__version__} (default {ref.default_threads} threads), AdamW "
-          f"{args.torch_adamw}", flush=True)
+    print(f"PyTorch {torch.__version__} on {ref.device} (default {ref.default_threads} "
+          f"threads), AdamW {args.torch_adamw}, TF32 {'on' if args.tf32 else 'off'}",
+          flush=True)
 
   # Interleaved timing rounds.
   times: dict[str, list[float]] = {}
@@ -652,19 +691,26 @@ def main(argv=None) -> None:
   for r in range(args.rounds):
     for peak in peaks.values():
       peak.measure()
+    # Each timed run follows one untimed step of the same computation: what ran before
+    # (the other framework's threads and freed memory) must not be billed to it.
     for i, tv in enumerate(train):
-      states[tv.opts.num_prompts], sec = tv.run(states[tv.opts.num_prompts], args.steps,
-                                                start=step)
+      p = tv.opts.num_prompts
+      states[p], _ = tv.run(states[p], 1, start=step)
+      states[p], sec = tv.run(states[p], args.steps, start=step + 1)
       times.setdefault(f"train{i}", []).append(sec)
     for i, ev in enumerate(evals):
+      ev.run(1)
       times.setdefault(f"eval{i}", []).append(ev.run(args.steps))
     if ref is not None:
       for n in torch_threads:
+        ref.run(1, n)
         times.setdefault(f"torch{n}", []).append(ref.run(args.steps, n))
         if args.eval:
+          ref.run_eval(1, eval_pixels, n)
           times.setdefault(f"torch_eval{n}", []).append(ref.run_eval(args.steps, eval_pixels, n))
-    step += args.steps
-    print(f"round {r + 1}/{args.rounds} done", flush=True)
+    step += args.steps + 1
+    print(f"round {r + 1}/{args.rounds} done (load average {os.getloadavg()[0]:.1f})",
+          flush=True)
   med = {k: statistics.median(v) for k, v in times.items()}
   spread = {k: (min(v), max(v)) for k, v in times.items()}
 
@@ -684,7 +730,7 @@ def main(argv=None) -> None:
   for p in sorted(states):
     c = count_flops(clip, p, 2 if p else 0, b, f, args.text_len)
     flops[p] = c
-    xla = flop_cache.get((p, base.dtype, base.attention_impl, base.remat_policy), float("nan"))
+    xla = flop_cache.get((p, base.remat_policy), float("nan"))
     g = lambda x: f"{x / 1e9:.1f}"
     print(f"| {p} | {g(c['text'])} | {g(c['vision'])} | {g(c['aggregation'])} | "
           f"{g(c['caption'])} | {g(c['forward'])} | {g(c['train'])} | "
@@ -707,7 +753,7 @@ def main(argv=None) -> None:
     label = tv.opts.label(base, full_unroll)
     if tv.opts.num_prompts == 0:
       label += " (plain CLIP, no caption head)"
-    print(f"| {label} | {tv.compile_s:.1f} | {sec:.3f} ({lo:.2f}-{hi:.2f}) | {b / sec:.2f} | "
+    print(f"| {label} | {tv.compile_s:.1f} | {sec:.3f} ({lo:.3g}-{hi:.3g}) | {b / sec:.2f} | "
           f"{b * f / sec:.1f} | {_fmt(tv.xla / 1e9, '.1f')} "
           f"({_fmt(tv.xla / model_flops, '.2f')}) | {achieved:.3f} | {100 * mfu:.1f}% | "
           f"{_fmt(temp, '.2f')} / {_fmt(total, '.2f')} | {base_sec / sec:.2f}x | "
@@ -717,7 +763,7 @@ def main(argv=None) -> None:
     sec, (lo, hi) = med[key], spread[key]
     threads = n or ref.default_threads
     print(f"| PyTorch CLIPModel (eager, fp32, AdamW {args.torch_adamw}, {threads} threads) "
-          f"| - | {sec:.3f} ({lo:.2f}-{hi:.2f}) | {b / sec:.2f} | {b * f / sec:.1f} | - | "
+          f"| - | {sec:.3f} ({lo:.3g}-{hi:.3g}) | {b / sec:.2f} | {b * f / sec:.1f} | - | "
           f"{plain_flops / sec / 1e12:.3f} | {100 * plain_flops / sec / 1e12 / peak32:.1f}% | "
           f"- | - | {torch_train / sec:.2f}x |")
   if torch_train:
