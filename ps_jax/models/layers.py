@@ -63,14 +63,75 @@ class LayerNorm(nn.Module):
     return y.astype(self.dtype)
 
 
-def Dense(features: int, names: tuple[str, str], *, use_bias: bool = True,
-          dtype: Dtype = jnp.float32, kernel_init: Callable = dense_init(),
-          name: Optional[str] = None) -> nn.Dense:
-  """nn.Dense with float32 params, `dtype` compute and logical names (in, out)."""
-  return nn.Dense(
-      features, use_bias=use_bias, dtype=dtype, param_dtype=jnp.float32,
-      kernel_init=partitioned(kernel_init, names),
-      bias_init=partitioned(nn.initializers.zeros, (names[1],)), name=name)
+@jax.custom_vjp
+def mixed_precision_matmul(x: Array, kernel: Array) -> Array:
+  """x[..., K] @ kernel[K, N] with low-precision operands and float32 accumulation.
+
+  The kernel (float32) is rounded to x's dtype inside, so a scanned layer saves the
+  float32 slice it already holds instead of a stacked low-precision copy. Every matmul,
+  forward and backward, has operands in x's dtype and a float32 result: on TPUs and
+  GPUs that is what a bfloat16 matmul computes anyway, and on CPUs with AVX512-BF16 it
+  is the form XLA runs natively (bfloat16 -> bfloat16 dots are upcast to float32).
+
+  Returns:
+    float32[..., N]. Gradients: x's dtype for x, float32 for the kernel.
+  """
+  return _contract_last(x, kernel.astype(x.dtype))
+
+
+def _contract_last(x: Array, kernel: Array) -> Array:
+  return jax.lax.dot_general(x, kernel, (((x.ndim - 1,), (0,)), ((), ())),
+                             preferred_element_type=jnp.float32)
+
+
+def _mixed_precision_matmul_fwd(x, kernel):
+  return mixed_precision_matmul(x, kernel), (x, kernel)
+
+
+def _mixed_precision_matmul_bwd(res, g):
+  x, kernel = res
+  g = g.astype(x.dtype)
+  dx = jax.lax.dot_general(g, kernel.astype(x.dtype), (((g.ndim - 1,), (1,)), ((), ())),
+                           preferred_element_type=jnp.float32)
+  rows = tuple(range(x.ndim - 1))
+  dkernel = jax.lax.dot_general(x, g, ((rows, rows), ((), ())),
+                                preferred_element_type=jnp.float32)
+  return dx.astype(x.dtype), dkernel
+
+
+mixed_precision_matmul.defvjp(_mixed_precision_matmul_fwd, _mixed_precision_matmul_bwd)
+
+
+def matmul(x: Array, kernel: Array, dtype: Dtype) -> Array:
+  """x[..., K] @ kernel[K, N] computed in `dtype`.
+
+  float32: a plain float32 matmul (`nn.Dense`'s). Lower precision: operands rounded to
+  `dtype`, float32 accumulation (`mixed_precision_matmul`); the result is float32 so
+  that a bias is added before rounding, and the caller casts it.
+  """
+  if jnp.dtype(dtype) == jnp.float32:
+    return _contract_last(x.astype(jnp.float32), kernel)
+  return mixed_precision_matmul(x.astype(dtype), kernel)
+
+
+class Dense(nn.Module):
+  """`nn.Dense` params (kernel [in, out], bias [out], float32, logical names (in, out))
+  computing in `dtype` via `matmul`; returns `dtype`."""
+  features: int
+  names: tuple[str, str]
+  use_bias: bool = True
+  dtype: Dtype = jnp.float32
+  kernel_init: Callable = dense_init()
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    kernel = self.param("kernel", partitioned(self.kernel_init, self.names),
+                        (x.shape[-1], self.features), jnp.float32)
+    y = matmul(x, kernel, self.dtype)
+    if self.use_bias:
+      y = y + self.param("bias", partitioned(nn.initializers.zeros, (self.names[1],)),
+                         (self.features,), jnp.float32)
+    return y.astype(self.dtype)
 
 
 def cudnn_attention_supported(q: Array, k: Array, bias: Optional[Array]) -> bool:
@@ -186,12 +247,10 @@ class PackedAttention(nn.Module):
                                                       ("embed", "joined_kv")), (d, 3 * d))
     in_bias = self.param("in_proj_bias", partitioned(nn.initializers.zeros, ("joined_kv",)),
                          (3 * d,))
-    kernel, in_bias = kernel.astype(self.dtype), in_bias.astype(self.dtype)
-    x, memory = x.astype(self.dtype), memory.astype(self.dtype)
     split = lambda t: t.reshape(*t.shape[:-1], self.num_heads, d // self.num_heads)
-    q = split(x @ kernel[:, :d] + in_bias[:d])
-    k = split(memory @ kernel[:, d:2 * d] + in_bias[d:2 * d])
-    v = split(memory @ kernel[:, 2 * d:] + in_bias[2 * d:])
+    in_proj = lambda t, part: (matmul(t, kernel[:, part * d:(part + 1) * d], self.dtype)
+                               + in_bias[part * d:(part + 1) * d]).astype(self.dtype)
+    q, k, v = split(in_proj(x, 0)), split(in_proj(memory, 1)), split(in_proj(memory, 2))
     out = dot_product_attention(q, k, v, bias, self.attention_impl).reshape(*x.shape[:-1], d)
     out_init = nn.initializers.zeros if self.zero_out else dense_init()
     return Dense(d, ("joined_kv", "embed"), dtype=self.dtype, kernel_init=out_init,
