@@ -83,6 +83,10 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   _check_workdir(_WORKDIR.value)
+  config = _CONFIG.value
+  if config.get("retain_host_memory", False):
+    from ps_jax import runtime  # pylint: disable=g-import-not-at-top
+    runtime.retain_freed_memory()  # before JAX's runtime starts its threads
   import jax  # pylint: disable=g-import-not-at-top
 
   args = _distributed_args()
@@ -99,7 +103,6 @@ def main(argv):
   absl_logging.set_verbosity(absl_logging.WARNING)
   from ps_jax import train  # pylint: disable=g-import-not-at-top
 
-  config = _CONFIG.value
   try:
     if _MODE.value == "train":
       train.train_and_evaluate(config, _WORKDIR.value)
