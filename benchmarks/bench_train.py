@@ -1,7 +1,8 @@
 """Training-step and indexing throughput of ps_jax, its fast paths, and a PyTorch reference.
 
   python benchmarks/bench_train.py --model vitb32 --frames 6 --batch 2 --num_prompts 6 \
-      [--sweep all] [--plain_clip] [--torch] [--pipeline] [--rounds 3] [--steps 2]
+      [--dtype bfloat16] [--scan_unroll 0] [--sweep all] [--variant num_prompts=0] \
+      [--plain_clip] [--torch] [--pipeline] [--rounds 3] [--steps 2]
 
 For one configuration (model size, frames, batch, image size, prompts, text length,
 devices) prints markdown tables of:
@@ -34,8 +35,11 @@ happens between steps.
 Base options (each a command-line flag): --dtype float32|bfloat16 (params and optimizer
 state stay float32), --attention_impl xla|dot_product_attention, --remat_policy,
 --scan_unroll (0 = every layer), --donate / --no_donate, --normalize device|host,
---prefetch / --no_prefetch. XLA flags go in the XLA_FLAGS environment variable; on CPU
-see benchmarks/RESULTS_perf.md for the flags and allocator setting used there.
+--prefetch / --no_prefetch; --variant adds rows with other combinations. Host memory:
+by default glibc malloc keeps freed memory (`ps_jax.runtime.retain_freed_memory`, as
+training does), in effect for PyTorch too; --host_memory release keeps glibc's defaults.
+XLA flags go in the XLA_FLAGS environment variable. benchmarks/RESULTS_perf.md has the
+measured tables and the commands that produced them.
 """
 
 from __future__ import annotations
@@ -55,7 +59,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ps_jax import api, optim, sharding
+from ps_jax import api, optim, runtime, sharding
 from ps_jax import train_step as ts
 from ps_jax.config_defaults import base_config
 from ps_jax.data.transforms import normalize_frames
@@ -181,15 +185,18 @@ def median_time(fn: Callable[[], Any], reps: int) -> float:
 
 
 class MatmulPeak:
-  """A large jitted square matmul in one dtype: the device's achievable TFLOP/s."""
+  """A large jitted square matmul with operands in one dtype: the device's achievable
+  TFLOP/s."""
 
   def __init__(self, dtype: str, size: int, device):
     self.dtype, self.size = dtype, size
     key = jax.random.PRNGKey(0)
     a = jax.device_put(jax.random.normal(key, (size, size), jnp.dtype(dtype)), device)
     self.args = (a, a.T + 1)
+    # float32 accumulation and result, as every matmul of the model (layers.matmul).
+    mm = lambda x, y: jnp.matmul(x, y, preferred_element_type=jnp.float32)
     with precision(dtype):
-      self.fn = jax.jit(jnp.matmul).lower(*self.args).compile()
+      self.fn = jax.jit(mm).lower(*self.args).compile()
     jax.block_until_ready(self.fn(*self.args))
     self.samples: list[float] = []
 
@@ -259,6 +266,25 @@ def sweep_variants(base: Options, names: list[str], remat_policies: list[str],
       choices = [not value]
     out += [dataclasses.replace(base, **{name: c}) for c in choices]
   return out
+
+
+def parse_variant(spec: str, base: Options, full_unroll: int) -> Options:
+  """'dtype=float32,scan_unroll=1' -> base with those fields replaced."""
+  fields = {f.name: f.type for f in dataclasses.fields(Options)}
+  changes: dict[str, Any] = {}
+  for item in filter(None, spec.split(",")):
+    name, _, raw = item.partition("=")
+    if name not in fields or not raw:
+      raise SystemExit(f"--variant {spec!r}: expected name=value pairs with names in "
+                       f"{sorted(fields)}, got {item!r}")
+    value = getattr(base, name)
+    if isinstance(value, bool):
+      changes[name] = raw.lower() in ("1", "true", "yes")
+    elif isinstance(value, int):
+      changes[name] = int(raw) or (full_unroll if name == "scan_unroll" else 0)
+    else:
+      changes[name] = raw
+  return dataclasses.replace(base, **changes)
 
 
 # ----------------------------------------------------------------------------- ps_jax
@@ -425,7 +451,7 @@ class TorchReference:
   Runs on the first CUDA device when PyTorch sees one, else on the CPU."""
 
   def __init__(self, clip: ClipConfig, host_batch: dict[str, np.ndarray], adamw: str,
-               tf32: bool = False):
+               tf32: bool = False, autocast: bool = False):
     import torch  # pylint: disable=g-import-not-at-top
     import transformers  # pylint: disable=g-import-not-at-top
 
@@ -451,6 +477,7 @@ class TorchReference:
     self.mask = torch.from_numpy(host_batch["attention_mask"]).long().to(self.device)
     self.labels = torch.arange(b, device=self.device)
     self.b, self.f = b, f
+    self.autocast = autocast  # forward in torch.autocast(bfloat16): PyTorch's mixed precision
 
   def to_device(self, frames: np.ndarray):
     """float32[N, S, S, 3] normalised frames -> an NCHW tensor on the reference's device."""
@@ -466,7 +493,9 @@ class TorchReference:
 
   def step(self) -> float:
     torch, fn = self.torch, self.torch.nn.functional
-    text, image = self._features()
+    with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
+      text, image = self._features()
+    text, image = text.float(), image.float()
     text = fn.normalize(text, dim=-1)
     video = fn.normalize(fn.normalize(image, dim=-1).reshape(self.b, self.f, -1).mean(1),
                          dim=-1)
@@ -570,9 +599,16 @@ def parse_args(argv=None):
                       f"{','.join(SWEEPABLE)}")
   p.add_argument("--sweep_remat", default="full,dots_with_no_batch_dims_saveable",
                  help="policies tried when the sweep toggles remat on")
+  p.add_argument("--variant", action="append", default=[],
+                 help="one more train-step variant: comma-separated overrides of the base "
+                      "options, e.g. 'dtype=float32,scan_unroll=1' or 'num_prompts=0' "
+                      "(repeatable; scan_unroll=0 unrolls every layer)")
   p.add_argument("--plain_clip", action="store_true",
                  help="also the base options with num_prompts=0 (no cube, no caption head)")
   p.add_argument("--torch", action="store_true", help="time the PyTorch reference")
+  p.add_argument("--torch_autocast", action="store_true",
+                 help="also time the PyTorch reference with its forward under "
+                      "torch.autocast(bfloat16), PyTorch's mixed precision")
   p.add_argument("--torch_adamw", default="fused", choices=["fused", "foreach", "default"],
                  help="torch.optim.AdamW implementation (fused: the fastest on CPU)")
   p.add_argument("--torch_threads", default="0",
@@ -589,6 +625,11 @@ def parse_args(argv=None):
   p.add_argument("--pipeline_workers", default="0,2")
   p.add_argument("--pipeline_clips", type=int, default=16)
   p.add_argument("--pipeline_batches", type=int, default=8)
+  p.add_argument("--host_memory", default="retain", choices=["retain", "release"],
+                 help="retain: glibc malloc keeps freed memory (ps_jax.runtime, the "
+                      "training default), for ps_jax and PyTorch alike; release: glibc's "
+                      "defaults (large blocks are unmapped when freed and page-faulted in "
+                      "again)")
   p.add_argument("--rounds", type=int, default=3)
   p.add_argument("--steps", type=int, default=2, help="timed steps per variant and round")
   p.add_argument("--matmul_size", type=int, default=0, help="0: 2048 on CPU, 8192 else")
@@ -600,6 +641,7 @@ def parse_args(argv=None):
 
 def main(argv=None) -> None:
   args = parse_args(argv)
+  retained = args.host_memory == "retain" and runtime.retain_freed_memory()
   global FULL_FLOAT32
   FULL_FLOAT32 = jax.default_backend() == "gpu" and not args.tf32
   base_clip = MODELS[args.model]
@@ -619,14 +661,17 @@ def main(argv=None) -> None:
   if unknown:
     raise SystemExit(f"--sweep: unknown options {unknown}; expected {SWEEPABLE}")
   variants = sweep_variants(base, names, args.sweep_remat.split(","), full_unroll)
-  if args.plain_clip and args.num_prompts:
-    variants.append(dataclasses.replace(base, num_prompts=0))
+  variants += [parse_variant(spec, base, full_unroll) for spec in args.variant]
+  if args.plain_clip and args.num_prompts:  # for the base and its other dtype
+    variants += [dataclasses.replace(v, num_prompts=0) for v in list(variants)
+                 if v == dataclasses.replace(base, dtype=v.dtype)]
 
   b, f = args.batch, args.frames
   print(f"device: {dev.platform} {dev.device_kind} x{len(devices)}, jax {jax.__version__}, "
         f"{os.cpu_count()} host CPUs, load average {os.getloadavg()[0]:.1f}")
   print(f"XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}, "
-        f"GLIBC_TUNABLES={os.environ.get('GLIBC_TUNABLES', '')!r}")
+        f"GLIBC_TUNABLES={os.environ.get('GLIBC_TUNABLES', '')!r}, host memory "
+        f"{'retained (one arena, no mmap, no trim)' if retained else 'glibc defaults'}")
   print(f"model {args.model} ({size}px, patch {clip.vision.patch_size}), batch {b} videos x "
         f"{f} frames = {b * f} images, P={args.num_prompts}, text length {args.text_len}; "
         f"{args.rounds} rounds x {args.steps} steps per variant\n")
@@ -671,12 +716,16 @@ def main(argv=None) -> None:
         ev.run(1)
         evals.append(ev)
 
-  ref = None
+  ref = ref_amp = None
   torch_threads = [int(t) for t in args.torch_threads.split(",")]
   if args.torch:
     import torch  # pylint: disable=g-import-not-at-top
     ref = TorchReference(clip, host_batches[0], args.torch_adamw, args.tf32)
     ref.run(1)
+    if args.torch_autocast:
+      ref_amp = TorchReference(clip, host_batches[0], args.torch_adamw, args.tf32,
+                               autocast=True)
+      ref_amp.run(1)
     if args.eval:
       eval_pixels = ref.to_device(normalize_frames(eval_frames.reshape(
           -1, *eval_frames.shape[2:])))
@@ -687,6 +736,7 @@ def main(argv=None) -> None:
 
   # Interleaved timing rounds.
   times: dict[str, list[float]] = {}
+  page_faults: dict[str, float] = {}  # minor faults per step, last round
   step = 1
   for r in range(args.rounds):
     for peak in peaks.values():
@@ -696,7 +746,9 @@ def main(argv=None) -> None:
     for i, tv in enumerate(train):
       p = tv.opts.num_prompts
       states[p], _ = tv.run(states[p], 1, start=step)
+      faults = runtime.minor_page_faults()
       states[p], sec = tv.run(states[p], args.steps, start=step + 1)
+      page_faults[f"train{i}"] = (runtime.minor_page_faults() - faults) / args.steps
       times.setdefault(f"train{i}", []).append(sec)
     for i, ev in enumerate(evals):
       ev.run(1)
@@ -704,7 +756,14 @@ def main(argv=None) -> None:
     if ref is not None:
       for n in torch_threads:
         ref.run(1, n)
+        faults = runtime.minor_page_faults()
         times.setdefault(f"torch{n}", []).append(ref.run(args.steps, n))
+        page_faults[f"torch{n}"] = (runtime.minor_page_faults() - faults) / args.steps
+        if ref_amp is not None:
+          ref_amp.run(1, n)
+          faults = runtime.minor_page_faults()
+          times.setdefault(f"torch_amp{n}", []).append(ref_amp.run(args.steps, n))
+          page_faults[f"torch_amp{n}"] = (runtime.minor_page_faults() - faults) / args.steps
         if args.eval:
           ref.run_eval(1, eval_pixels, n)
           times.setdefault(f"torch_eval{n}", []).append(ref.run_eval(args.steps, eval_pixels, n))
@@ -741,8 +800,9 @@ def main(argv=None) -> None:
   torch_train = min((med[k] for k in torch_keys), default=None)
   print(f"\n### Train step: {b} videos x {f} frames, {len(devices)} device(s)\n")
   print("| variant | compile s | s/step (min-max) | videos/s | frames/s | XLA GFLOP (ratio) | "
-        "TFLOP/s | MFU | XLA temp / total GiB | vs base | ps_jax / PyTorch |")
-  print("|---|---|---|---|---|---|---|---|---|---|---|")
+        "TFLOP/s | MFU | XLA temp / total GiB | page faults/step | vs base | "
+        "ps_jax / PyTorch |")
+  print("|---|---|---|---|---|---|---|---|---|---|---|---|")
   base_sec = med["train0"]
   for i, tv in enumerate(train):
     sec, (lo, hi) = med[f"train{i}"], spread[f"train{i}"]
@@ -756,7 +816,8 @@ def main(argv=None) -> None:
     print(f"| {label} | {tv.compile_s:.1f} | {sec:.3f} ({lo:.3g}-{hi:.3g}) | {b / sec:.2f} | "
           f"{b * f / sec:.1f} | {_fmt(tv.xla / 1e9, '.1f')} "
           f"({_fmt(tv.xla / model_flops, '.2f')}) | {achieved:.3f} | {100 * mfu:.1f}% | "
-          f"{_fmt(temp, '.2f')} / {_fmt(total, '.2f')} | {base_sec / sec:.2f}x | "
+          f"{_fmt(temp, '.2f')} / {_fmt(total, '.2f')} | {page_faults[f'train{i}']:.0f} | "
+          f"{base_sec / sec:.2f}x | "
           f"{_fmt(torch_train / sec if torch_train else None, '.2f')}x |")
   plain_flops = count_flops(clip, 0, 0, b, f, args.text_len)["train"]
   for n, key in zip(torch_threads, torch_keys):
@@ -765,10 +826,19 @@ def main(argv=None) -> None:
     print(f"| PyTorch CLIPModel (eager, fp32, AdamW {args.torch_adamw}, {threads} threads) "
           f"| - | {sec:.3f} ({lo:.3g}-{hi:.3g}) | {b / sec:.2f} | {b * f / sec:.1f} | - | "
           f"{plain_flops / sec / 1e12:.3f} | {100 * plain_flops / sec / 1e12 / peak32:.1f}% | "
-          f"- | - | {torch_train / sec:.2f}x |")
+          f"- | {page_faults[key]:.0f} | - | {torch_train / sec:.2f}x |")
+  for n in torch_threads:
+    key = f"torch_amp{n}"
+    if key in med:
+      sec, (lo, hi) = med[key], spread[key]
+      print(f"| PyTorch CLIPModel (eager, autocast bfloat16, AdamW {args.torch_adamw}, "
+            f"{n or ref.default_threads} threads) | - | {sec:.3f} ({lo:.3g}-{hi:.3g}) | "
+            f"{b / sec:.2f} | {b * f / sec:.1f} | - | {plain_flops / sec / 1e12:.3f} | - | - | "
+            f"{page_faults[key]:.0f} | - | {torch_train / sec:.2f}x |")
   if torch_train:
-    print("(ps_jax / PyTorch: against the fastest PyTorch row; PyTorch runs plain CLIP towers, "
-          "ps_jax rows with P > 0 also run the prompt cube, aggregation and caption head)")
+    print("(ps_jax / PyTorch: against the fastest float32 PyTorch row; PyTorch runs plain "
+          "CLIP towers, ps_jax rows with P > 0 also run the prompt cube, aggregation and "
+          "caption head)")
   stats = dev.memory_stats() if hasattr(dev, "memory_stats") else None
   peak_mem = stats.get("peak_bytes_in_use") if stats else None
   print(f"\ndevice peak memory over the run: "
