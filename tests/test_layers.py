@@ -1,4 +1,4 @@
-"""The matmul and patch-embedding building blocks against float64 / convolution references."""
+"""The matmul building blocks against float64 references."""
 
 import flax.linen as nn
 import jax
@@ -7,7 +7,6 @@ import numpy as np
 import pytest
 
 from ps_jax.models import layers as L
-from ps_jax.models.clip import PatchEmbedding
 
 
 def bf16_round(a) -> np.ndarray:
@@ -67,19 +66,3 @@ def test_dense_bf16_gradients_match_float32_and_kernel_grad_is_float32():
   for a, b in zip(jax.tree_util.tree_leaves(g16), jax.tree_util.tree_leaves(g32)):
     rel = float(jnp.linalg.norm(a - b) / jnp.linalg.norm(b))
     assert rel < 2e-2, rel
-
-
-@pytest.mark.parametrize("size,patch", [(32, 8), (34, 8), (28, 14)])
-def test_patch_embedding_equals_strided_convolution(size, patch):
-  pixels = jax.random.normal(jax.random.PRNGKey(4), (2, size, size, 3))
-  module = PatchEmbedding(patch, 20)
-  params = nn.unbox(module.init(jax.random.PRNGKey(5), pixels))
-  kernel = params["params"]["kernel"]
-  assert kernel.shape == (patch, patch, 3, 20)
-  conv = jax.lax.conv_general_dilated(
-      pixels, kernel, (patch, patch), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC"),
-      precision=jax.lax.Precision.HIGHEST)
-  grid = size // patch
-  out = module.apply(params, pixels)
-  assert out.shape == (2, grid * grid, 20)
-  np.testing.assert_allclose(out, conv.reshape(2, grid * grid, 20), rtol=1e-5, atol=1e-5)

@@ -234,30 +234,6 @@ def eot_pool(hidden: Array, input_ids: Array) -> Array:
   return jnp.take_along_axis(hidden, idx[:, None, None], axis=1)[:, 0]
 
 
-class PatchEmbedding(nn.Module):
-  """Bias-free p x p convolution with stride p (`kernel` [p, p, C, D], HWIO), written as
-  one matmul over flattened (row, col, channel) patches: the kernel's own order, the
-  same numbers, and a matmul every backend runs at its peak (XLA:CPU convolutions are
-  several times slower)."""
-  patch_size: int
-  features: int
-  dtype: L.Dtype = jnp.float32
-
-  @nn.compact
-  def __call__(self, pixels: Array) -> Array:
-    """pixels float[B, H, W, C] -> [B, (H // p) * (W // p), D] in `dtype` (a remainder
-    of fewer than p rows or columns is dropped, as by a VALID convolution)."""
-    p, (b, h, w, ch) = self.patch_size, pixels.shape
-    kernel = self.param("kernel", L.partitioned(L.dense_init(0.02),
-                                                (None, None, "channels", "embed")),
-                        (p, p, ch, self.features), jnp.float32)
-    gh, gw = h // p, w // p
-    x = pixels[:, :gh * p, :gw * p].reshape(b, gh, p, gw, p, ch).transpose(0, 1, 3, 2, 4, 5)
-    x = L.matmul(x.reshape(b, gh * gw, p * p * ch), kernel.reshape(p * p * ch, -1),
-                 self.dtype)
-    return x.astype(self.dtype)
-
-
 class VisionEmbeddings(nn.Module):
   """Bias-free patch convolution + CLS + position embeddings."""
   config: VisionConfig
@@ -269,8 +245,12 @@ class VisionEmbeddings(nn.Module):
     if pixels.shape[1:3] != (c.image_size, c.image_size):
       raise ValueError(f"images must be {c.image_size}x{c.image_size}, "
                        f"got {pixels.shape[1]}x{pixels.shape[2]}")
-    patches = PatchEmbedding(c.patch_size, c.hidden_size, dtype, name="patch_embedding")(
-        pixels)
+    patches = nn.Conv(
+        c.hidden_size, (c.patch_size, c.patch_size), strides=(c.patch_size, c.patch_size),
+        padding="VALID", use_bias=False, dtype=dtype, param_dtype=jnp.float32,
+        kernel_init=L.partitioned(L.dense_init(0.02), (None, None, "channels", "embed")),
+        name="patch_embedding")(pixels.astype(dtype))
+    patches = patches.reshape(patches.shape[0], -1, c.hidden_size)
     cls = self.param("class_embedding", L.partitioned(L.dense_init(0.02), ("embed",)),
                      (c.hidden_size,))
     pos = self.param("position_embedding",
