@@ -50,6 +50,23 @@ def _make_videos(root: str, clips: int, short_side: int, frames: int) -> str:
   return root
 
 
+def time_batches(loader, batches: int, warmup: int = 2) -> tuple[float, float]:
+  """(seconds for the first `warmup` batches: worker start, first epoch order; seconds
+  for the next `batches`) of a fresh iterator over `loader`, closed afterwards."""
+  it = iter(loader)
+  t0 = time.perf_counter()
+  for _ in range(warmup):
+    next(it)
+  startup = time.perf_counter() - t0
+  t0 = time.perf_counter()
+  for _ in range(batches):
+    next(it)
+  seconds = time.perf_counter() - t0
+  if hasattr(it, "close"):
+    it.close()
+  return startup, seconds
+
+
 def _dir_size(path: str) -> int:
   return sum(os.path.getsize(os.path.join(r, f)) for r, _, fs in os.walk(path) for f in fs)
 
@@ -126,17 +143,7 @@ def main() -> None:
           num_frames=args.num_frames, num_prompts=args.num_prompts,
           image_size=args.image_size, max_len=16, seed=0, worker_count=workers,
           shard_index=0, shard_count=1)
-      it = iter(loader)
-      t0 = time.perf_counter()
-      for _ in range(2):  # warm-up: worker start, first epoch order
-        next(it)
-      startup = time.perf_counter() - t0
-      t0 = time.perf_counter()
-      for _ in range(args.batches):
-        next(it)
-      dt = time.perf_counter() - t0
-      if hasattr(it, "close"):
-        it.close()
+      startup, dt = time_batches(loader, args.batches)
       total = args.batches * frames_per_batch / dt
       rows.append((workers, startup, args.batches / dt, total, total / max(workers, 1)))
     print(f"\ntraining pipeline: batch {args.batch} x {args.num_frames} frames -> "

@@ -63,9 +63,9 @@ from ps_jax import api, optim, runtime, sharding
 from ps_jax import train_step as ts
 from ps_jax.config_defaults import base_config
 from ps_jax.data.transforms import normalize_frames
-from ps_jax.models.clip import ClipConfig, TextConfig, VisionConfig, logical_axes
+from ps_jax.models.clip import ClipConfig, TextConfig, VisionConfig
 from ps_jax.models import layers as L
-from ps_jax.train import create_state
+from ps_jax.train import create_state, model_params_sharding, state_shardings
 
 MODELS = {
     "tiny": ClipConfig(
@@ -270,7 +270,7 @@ def sweep_variants(base: Options, names: list[str], remat_policies: list[str],
 
 def parse_variant(spec: str, base: Options, full_unroll: int) -> Options:
   """'dtype=float32,scan_unroll=1' -> base with those fields replaced."""
-  fields = {f.name: f.type for f in dataclasses.fields(Options)}
+  fields = {f.name for f in dataclasses.fields(Options)}
   changes: dict[str, Any] = {}
   for item in filter(None, spec.split(",")):
     name, _, raw = item.partition("=")
@@ -320,18 +320,11 @@ class TrainVariant:
     self.tx, self.schedules = optim.make_optimizer(OPTIM, 1000)
     vocab = clip.text.vocab_size
     self.lc = ts.LossConfig(jnp.ones(vocab, jnp.float32), vocab - 1)
-    rules = dict(base_config().sharding_rules)
-    shapes = api.param_shapes(self.model)
-    self.params_sharding = sharding.param_shardings(
-        logical_axes(self.model, *api.dummy_inputs(self.model)), shapes, mesh, rules)
-    abstract = jax.eval_shape(lambda: create_state(shapes, self.tx, jax.random.PRNGKey(0),
-                                                   False))
-    rep = sharding.replicated(mesh)
-    self.state_sharding = {
-        "step": rep, "params": self.params_sharding, "rng": rep,
-        "opt_state": sharding.opt_state_shardings(abstract["opt_state"],
-                                                  self.params_sharding, abstract["params"],
-                                                  mesh)}
+    self.params_sharding = model_params_sharding(self.model, mesh,
+                                                 base_config().sharding_rules)
+    abstract = jax.eval_shape(lambda: create_state(api.param_shapes(self.model), self.tx,
+                                                   jax.random.PRNGKey(0), False))
+    self.state_sharding = state_shardings(mesh, self.params_sharding, abstract)
     self.host_batches = host_batches
     self.text_len = text_len
     self.compiled = None
@@ -420,10 +413,7 @@ class EvalVariant:
   def __init__(self, opts: Options, clip: ClipConfig, mesh, frames_u8: np.ndarray):
     self.opts = opts
     self.model = api.build_model(clip, num_prompts=opts.num_prompts, **opts.compute())
-    rules = dict(base_config().sharding_rules)
-    shapes = api.param_shapes(self.model)
-    ps = sharding.param_shardings(logical_axes(self.model, *api.dummy_inputs(self.model)),
-                                  shapes, mesh, rules)
+    ps = model_params_sharding(self.model, mesh, base_config().sharding_rules)
     self.params = jax.device_put(api.init_model_params(self.model, jax.random.PRNGKey(0)), ps)
     self.frames = sharding.global_batch({"frames": frames_u8}, mesh)["frames"]
     fn = lambda p, f: self.model.apply({"params": p}, normalize_frames(f),
@@ -556,15 +546,7 @@ def pipeline_frames_per_s(args, clip: ClipConfig, workers: list[int]) -> list[tu
           num_frames=args.frames, num_prompts=max(args.num_prompts, 1),
           image_size=clip.vision.image_size, max_len=args.text_len, seed=0, worker_count=w,
           shard_index=0, shard_count=1)
-      it = iter(loader)
-      for _ in range(2):
-        next(it)
-      t0 = time.perf_counter()
-      for _ in range(args.pipeline_batches):
-        next(it)
-      dt = time.perf_counter() - t0
-      if hasattr(it, "close"):
-        it.close()
+      _, dt = bench_pipeline.time_batches(loader, args.pipeline_batches)
       rows.append((w, args.pipeline_batches * args.batch * args.frames / dt))
   return rows
 

@@ -175,22 +175,29 @@ def build_setup(config, workdir: str) -> Setup:
     raise ValueError(f"tokenizer has {tokenizer.vocab_size} ids but the text model only "
                      f"{clip_config.text.vocab_size} (config.data.tokenizer / model.clip)")
   model = api.build_model(clip_config, **model_options(config))
-  rules = dict(config.sharding_rules)
-  logical = logical_axes(model, *api.dummy_inputs(model))
-  params_sharding = sharding.param_shardings(logical, api.param_shapes(model), mesh, rules)
+  params_sharding = model_params_sharding(model, mesh, config.sharding_rules)
   checkpoints.write_model_file(workdir, {
       "clip": clip_config.to_hf_dict(), "options": model_options(config),
       "tokenizer": config.data.tokenizer or config.data.name, "config": config.to_dict()})
   return Setup(config, workdir, mesh, model, tokenizer, root, params_sharding=params_sharding)
 
 
-def _state_shardings(setup: Setup, abstract_state) -> dict:
-  rep = sharding.replicated(setup.mesh)
-  opt = sharding.opt_state_shardings(abstract_state["opt_state"], setup.params_sharding,
-                                     abstract_state["params"], setup.mesh)
-  out = {"step": rep, "params": setup.params_sharding, "opt_state": opt, "rng": rep}
+def model_params_sharding(model, mesh, rules) -> Any:
+  """The model's param tree of NamedShardings: its logical axis names under `rules`
+  (logical axis -> mesh axis pairs, config.sharding_rules)."""
+  logical = logical_axes(model, *api.dummy_inputs(model))
+  return sharding.param_shardings(logical, api.param_shapes(model), mesh, dict(rules))
+
+
+def state_shardings(mesh, params_sharding, abstract_state) -> dict:
+  """Shardings of a train state (`create_state`'s tree, abstract): params and EMA as
+  `params_sharding`, optimizer moments like their params, scalars replicated."""
+  rep = sharding.replicated(mesh)
+  opt = sharding.opt_state_shardings(abstract_state["opt_state"], params_sharding,
+                                     abstract_state["params"], mesh)
+  out = {"step": rep, "params": params_sharding, "opt_state": opt, "rng": rep}
   if "ema_params" in abstract_state:
-    out["ema_params"] = setup.params_sharding
+    out["ema_params"] = params_sharding
   return out
 
 
@@ -401,7 +408,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
 
   rng = jax.random.PRNGKey(c.seed)
   abstract = jax.eval_shape(lambda: create_state(api.param_shapes(setup.model), tx, rng, ema))
-  shardings = _state_shardings(setup, abstract)
+  shardings = state_shardings(setup.mesh, setup.params_sharding, abstract)
   setup.state_shardings = shardings
   ckpt = checkpoints.Checkpointer(workdir, keep=c.checkpoint.keep,
                                   async_save=c.checkpoint.async_save)
