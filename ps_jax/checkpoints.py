@@ -3,15 +3,24 @@
 Layout of a workdir:
   ps_jax_model.json      the model description (what `ps_jax.load_model(workdir)` reads)
   checkpoints/<step>/    {"state": params, opt_state, step, rng[, ema_params],
-                          "data": grain iterator state (one file per process)}
+                          "data": grain iterator state (one file per process),
+                          "metrics": {"val_t2v_R@1": ...} when the step was validated}
+
+Checkpoint selection has one rule, `select_best`, used both to choose the checkpoint
+that is tested / loaded and to decide which checkpoint is preserved on disk: the
+largest validation t2v R@1; on a tie the earliest step (a later checkpoint must be
+strictly better). Every validated step is saved with its metric, and the selected one
+is never deleted, so the choice over the checkpoints on disk is the argmax over the
+whole validation history, also across restarts.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
-import logging
 import os
-from typing import Any, Optional
+import sys
+from typing import Any, Optional, Sequence
 
 import grain
 import jax
@@ -22,30 +31,91 @@ MODEL_FILE = "ps_jax_model.json"
 BEST_METRIC = "val_t2v_R@1"
 
 
-def _best_metric(metrics: dict) -> float:
+def _metric(metrics: Optional[dict]) -> Optional[float]:
+  if not metrics or BEST_METRIC not in metrics:
+    return None
   return float(metrics[BEST_METRIC])
+
+
+def select_best(history: Sequence[tuple[int, float]]) -> Optional[tuple[int, float]]:
+  """(step, value) with the largest value; ties go to the earliest step. None if empty.
+
+  history: (step, validation metric) pairs in any order.
+  """
+  best = None
+  for step, value in sorted(history):
+    if best is None or value > best[1]:
+      best = (step, value)
+  return best
+
+
+@dataclasses.dataclass(frozen=True)
+class Selection:
+  """The checkpoint a workdir stands for.
+
+  step: the checkpoint step; value: its validation t2v R@1, None when no checkpoint
+  was validated (then `step` is the latest); num_validated: validated checkpoints
+  on disk it was chosen from.
+  """
+  step: int
+  value: Optional[float]
+  num_validated: int
+
+  def describe(self) -> str:
+    if self.value is None:
+      return f"step {self.step} (the latest; no checkpoint has a validation metric)"
+    return (f"step {self.step} (best validation t2v R@1 {self.value:.1f}, earliest on ties, "
+            f"of {self.num_validated} validated checkpoints kept)")
+
+
+class _KeepSelected:
+  """orbax preservation policy: keeps the checkpoint `select_best` chooses."""
+
+  def should_preserve(self, checkpoints, *, context) -> list[bool]:
+    del context
+    best = select_best([(c.step, _metric(c.metrics)) for c in checkpoints
+                        if _metric(c.metrics) is not None])
+    return [best is not None and c.step == best[0] for c in checkpoints]
 
 
 class Checkpointer:
   """CheckpointManager for training: async saves, keeps the last `keep` steps plus the
-  best by validation t2v R@1 (checkpoints saved with metrics), restores onto any mesh."""
+  selected one (`select_best` over the validation metrics saved with the checkpoints),
+  restores onto any mesh. Checkpoints are written to a temporary directory and renamed
+  when complete; temporary directories left by a killed run are removed on start."""
 
-  def __init__(self, workdir: str, keep: int = 2, async_save: bool = True):
+  def __init__(self, workdir: str, keep: int = 2, async_save: bool = True,
+               read_only: bool = False):
     self.directory = os.path.join(os.path.abspath(workdir), "checkpoints")
-    policy = managers.AnyPreservationPolicy([
-        managers.LatestN(n=keep),
-        managers.BestN(get_metric_fn=_best_metric, n=1,
-                       keep_checkpoints_without_metrics=False)])
+    policy = managers.AnyPreservationPolicy([managers.LatestN(n=keep), _KeepSelected()])
     options = ocp.CheckpointManagerOptions(
-        preservation_policy=policy, enable_async_checkpointing=async_save, create=True)
+        preservation_policy=None if read_only else policy,
+        best_fn=_metric, best_mode="max",  # makes orbax write and read step metrics
+        enable_async_checkpointing=async_save, create=not read_only, read_only=read_only,
+        cleanup_tmp_directories=not read_only)
     self.manager = ocp.CheckpointManager(self.directory, item_names=("state", "data"),
                                          options=options)
 
   def latest_step(self) -> Optional[int]:
     return self.manager.latest_step()
 
-  def best_step(self) -> Optional[int]:
-    return self.manager.best_step()
+  def validation_history(self) -> list[tuple[int, float]]:
+    """(step, validation t2v R@1) of every checkpoint on disk saved with the metric."""
+    history = []
+    for step in self.manager.all_steps():
+      value = _metric(self.manager.metrics(step))
+      if value is not None:
+        history.append((step, value))
+    return history
+
+  def selected(self) -> Optional[Selection]:
+    """The best validated checkpoint (`select_best`), else the latest; None if none."""
+    history = self.validation_history()
+    best = select_best(history)
+    if best is not None:
+      return Selection(best[0], best[1], len(history))
+    latest = self.latest_step()
+    return None if latest is None else Selection(latest, None, 0)
 
   def save(self, step: int, state: Any, data_iterator: Any = None,
            metrics: Optional[dict] = None, force: bool = False) -> bool:
@@ -53,7 +123,7 @@ class Checkpointer:
     args = {"state": ocp.args.StandardSave(state)}
     if data_iterator is not None:
       args["data"] = grain.checkpoint.CheckpointSave(data_iterator)
-    return self.manager.save(step, args=ocp.args.Composite(**args), metrics=metrics,
+    return self.manager.save(step, args=ocp.args.Composite(**args), metrics=metrics or {},
                              force=force)
 
   def restore(self, step: int, abstract_state: Any, data_iterator: Any = None):
@@ -106,9 +176,20 @@ def read_model_file(workdir: str) -> dict:
     raise ValueError(f"Cannot read {path!r}: {e}") from e
 
 
-def load_model_dir(workdir: str, step: Optional[int] = None, use_ema: bool = False,
+def selected_checkpoint(workdir: str) -> Optional[Selection]:
+  """The checkpoint `load_model(workdir)` loads (see `Checkpointer.selected`)."""
+  ckpt = Checkpointer(workdir, async_save=False, read_only=True)
+  try:
+    return ckpt.selected()
+  finally:
+    ckpt.close()
+
+
+def load_model_dir(workdir: str, step: Optional[int] = None, use_ema: Optional[bool] = None,
                    **overrides):
-  """(model, params) of a training workdir: the best checkpoint, else the latest."""
+  """(model, params) of a training workdir: checkpoint `step`, else the selected one
+  (`Checkpointer.selected`: best validation t2v R@1, else the latest). `use_ema`
+  (default: whether the run kept an EMA, which its evaluations used) loads `ema_params`."""
   from ps_jax import api  # pylint: disable=g-import-not-at-top
   from ps_jax.models.clip import ClipConfig  # pylint: disable=g-import-not-at-top
 
@@ -116,13 +197,18 @@ def load_model_dir(workdir: str, step: Optional[int] = None, use_ema: bool = Fal
   clip_config = ClipConfig.from_hf(desc["clip"])
   options = {**desc["options"], **overrides}
   model = api.build_model(clip_config, **options)
-  ckpt = Checkpointer(workdir, async_save=False)
+  if use_ema is None:
+    use_ema = desc.get("config", {}).get("optim", {}).get("ema_decay", 0.0) > 0
+  ckpt = Checkpointer(workdir, async_save=False, read_only=True)
   try:
-    step = step if step is not None else (ckpt.best_step() or ckpt.latest_step())
     if step is None:
-      raise FileNotFoundError(f"{workdir!r} has {MODEL_FILE} but no checkpoint")
+      selection = ckpt.selected()
+      if selection is None:
+        raise FileNotFoundError(f"{workdir!r} has {MODEL_FILE} but no checkpoint")
+      step = selection.step
+      if jax.process_index() == 0:
+        print(f"{workdir}: loading {selection.describe()}", file=sys.stderr, flush=True)
     shapes = api.param_shapes(model)
-    logging.info("loading step %d of %s", step, workdir)
     params = ckpt.restore_params(step, shapes, "ema_params" if use_ema else "params")
   finally:
     ckpt.close()
