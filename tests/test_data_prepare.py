@@ -265,8 +265,12 @@ def test_rendered_moving_shapes_via_cli(tmp_path, capsys):
   out = tmp_path / "out"
   assert P.main(["--dataset", "moving_shapes", "--shapes_size", "tiny", "--out_dir", str(out),
                  "--frames_per_video", "6", "--no_progress"]) == 0
-  line = capsys.readouterr().out.strip().splitlines()[-1]
+  printed = capsys.readouterr().out
+  line = printed.strip().splitlines()[-1]
   assert line.startswith("prepare moving_shapes: written 28 videos (train 16, val 4, test 8)")
+  # Nothing is downloaded, and the output does not say otherwise (TFDS's own wording).
+  assert "Downloading" not in printed and "downloaded" not in printed
+  assert "from local files" in printed and "(nothing is downloaded)" in printed
   version_dir = out / "moving_shapes" / "tiny" / "1.0.0"
   assert M.vocab_path(str(out)) == str(version_dir / M.VOCAB_FILE)
   tok = WordTokenizer.load(M.vocab_path(str(out)))

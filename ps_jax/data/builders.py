@@ -104,6 +104,15 @@ class _VideoTextBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True)
                 "frame_indices": np.asarray(frame_indices, np.int32),
                 "num_source_frames": np.int32(num_source_frames)}
 
+  # TFDS announces "Downloading and preparing dataset ..." here; nothing is downloaded:
+  # every record comes from local files (or is rendered in memory).
+  def _log_download_bytes(self) -> None:
+    print(f"writing {self.name}/{self.builder_config_name or 'default'} from local files "
+          f"to {self.data_dir} (nothing is downloaded)", flush=True)
+
+  def _log_download_done(self) -> None:
+    print(f"{self.name}: prepared in {self.data_dir}", flush=True)
+
   def _download_and_prepare(self, dl_manager, download_config):
     super()._download_and_prepare(dl_manager, download_config)
     # self.data_dir is TFDS's incomplete directory here: renamed atomically when done.
