@@ -27,7 +27,8 @@ def base_config() -> ml_collections.ConfigDict:
       "vision": {"image_size": 224, "patch_size": 32, "hidden_size": 768,
                  "intermediate_size": 3072, "num_hidden_layers": 12,
                  "num_attention_heads": 12},
-      "projection_dim": 512})
+      "projection_dim": 512,
+      "logit_scale_init_value": 2.6592})  # ln(1 / 0.07), CLIP's initial temperature
   c.model.num_prompts = 6
   c.model.switch = True
   c.model.aggregate = True

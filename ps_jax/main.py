@@ -102,6 +102,7 @@ def main(argv):
   # Our own progress goes to stdout; keep library INFO chatter (orbax, grain) out of it.
   absl_logging.set_verbosity(absl_logging.WARNING)
   from ps_jax import train  # pylint: disable=g-import-not-at-top
+  from ps_jax.data import builders  # pylint: disable=g-import-not-at-top
 
   try:
     if _MODE.value == "train":
@@ -116,11 +117,9 @@ def main(argv):
       except index_videos.IndexBuildError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
-  except ValueError as e:
-    if "config" in str(e) or "does not exist" in str(e):
-      print(f"error: {e}", file=sys.stderr)
-      sys.exit(2)
-    raise
+  except (train.ConfigError, builders.DatasetNotFoundError) as e:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(2)
 
 
 if __name__ == "__main__":

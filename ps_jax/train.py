@@ -25,7 +25,7 @@ from ps_jax import api, checkpoints, embed, evaluation, losses, optim, sharding
 from ps_jax import tokenizer as tokenizer_lib
 from ps_jax import train_step as ts
 from ps_jax.data import pipeline
-from ps_jax.models.clip import ClipConfig, TextConfig, VisionConfig, logical_axes
+from ps_jax.models.clip import ClipConfig, Compute, TextConfig, VisionConfig, logical_axes
 
 # ----------------------------------------------------------------------------- config
 
@@ -36,45 +36,95 @@ def say(message: str) -> None:
     print(message, flush=True)
 
 
+class ConfigError(ValueError):
+  """An inconsistent experiment config; the message names the field."""
+
+
+# (field, check, what the field must be): simple range checks, run first.
+_FIELD_CHECKS = (
+    ("batch_size", lambda v: v >= 1, "a positive number of (video, caption) pairs"),
+    ("eval_batch_size", lambda v: v >= 1, "a positive number"),
+    ("num_epochs", lambda v: v >= 1, "a positive number of epochs"),
+    ("num_train_steps", lambda v: v == -1 or v >= 1, "-1 (use num_epochs) or positive"),
+    ("eval_every_steps", lambda v: v == -1 or v >= 1, "-1 (once per epoch) or positive"),
+    ("log_every_steps", lambda v: v >= 1, "positive"),
+    ("checkpoint.every_steps", lambda v: v >= 1, "positive"),
+    ("checkpoint.keep", lambda v: v >= 1, "positive"),
+    ("optim.lr_clip", lambda v: v >= 0, ">= 0"),
+    ("optim.lr_new", lambda v: v >= 0, ">= 0"),
+    ("optim.weight_decay", lambda v: v >= 0, ">= 0"),
+    ("optim.b1", lambda v: 0 <= v < 1, "in [0, 1)"),
+    ("optim.b2", lambda v: 0 <= v < 1, "in [0, 1)"),
+    ("optim.eps", lambda v: v > 0, "> 0"),
+    ("optim.warmup_fraction", lambda v: 0 <= v <= 1, "in [0, 1]"),
+    ("optim.grad_clip", lambda v: v >= 0, ">= 0 (0 = no clipping)"),
+    ("optim.ema_decay", lambda v: 0 <= v < 1, "in [0, 1) (0 = no EMA)"),
+    ("data.image_size", lambda v: v >= 1, "positive"),
+    ("data.max_len", lambda v: v >= 2, ">= 2 (start and end tokens)"),
+    ("data.worker_count", lambda v: v >= 0, ">= 0 (0 = in the main process)"),
+    ("data.flip_prob", lambda v: 0 <= v <= 1, "in [0, 1]"),
+    ("data.group_size", lambda v: v >= 1, "positive"),
+    ("model.prompt_init_scale", lambda v: v > 0, "> 0"),
+)
+
+
+def _field(config, dotted: str):
+  value = config
+  for key in dotted.split("."):
+    value = value[key]
+  return value
+
+
 def validate_config(config, num_devices: Optional[int] = None,
                     num_processes: Optional[int] = None) -> None:
-  """Raises ValueError naming the config field, before anything is computed."""
+  """Raises ConfigError naming the config field, before anything is computed."""
   num_devices = jax.device_count() if num_devices is None else num_devices
   num_processes = jax.process_count() if num_processes is None else num_processes
+  for dotted, ok, expected in _FIELD_CHECKS:
+    value = _field(config, dotted)
+    if not ok(value):
+      raise ConfigError(f"config.{dotted}={value!r} must be {expected}")
   m, d = config.model, config.data
+  try:
+    Compute(m.dtype, m.remat_policy, m.scan_unroll, m.attention_impl).validate()
+  except ValueError as e:
+    raise ConfigError(f"config.model: {e}") from None
   p = m.num_prompts
   if p < 0:
-    raise ValueError(f"config.model.num_prompts must be >= 0, got {p}")
+    raise ConfigError(f"config.model.num_prompts must be >= 0, got {p}")
   for field in ("num_frames", "eval_num_frames"):
     f = d[field]
     if f < 1 or (p and f % p):
-      raise ValueError(f"config.data.{field}={f} must be a positive multiple of "
-                       f"config.model.num_prompts={p} (F = chunks x prompts)")
+      raise ConfigError(f"config.data.{field}={f} must be a positive multiple of "
+                        f"config.model.num_prompts={p} (F = chunks x prompts)")
   mesh_size = [config.mesh.data, config.mesh.fsdp]
   if -1 not in mesh_size and math.prod(mesh_size) != num_devices:
-    raise ValueError(f"config.mesh: data x fsdp = {mesh_size[0]} x {mesh_size[1]} must equal "
-                     f"the {num_devices} devices")
+    raise ConfigError(f"config.mesh: data x fsdp = {mesh_size[0]} x {mesh_size[1]} must "
+                      f"equal the {num_devices} devices")
   k = config.optim.grad_accum_steps
   if k < 1 or config.batch_size % k:
-    raise ValueError(f"config.batch_size={config.batch_size} must be divisible by "
-                     f"config.optim.grad_accum_steps={k}")
+    raise ConfigError(f"config.batch_size={config.batch_size} must be divisible by "
+                      f"config.optim.grad_accum_steps={k}")
   micro = config.batch_size // k
   if micro % num_devices:
-    raise ValueError(f"config.batch_size={config.batch_size} / grad_accum_steps={k} = "
-                     f"{micro} must be divisible by the {num_devices} devices of the "
-                     "data-parallel mesh")
+    raise ConfigError(f"config.batch_size={config.batch_size} / grad_accum_steps={k} = "
+                      f"{micro} must be divisible by the {num_devices} devices of the "
+                      "data-parallel mesh")
   for field in ("batch_size", "eval_batch_size"):
     if config[field] % num_devices or config[field] % num_processes:
-      raise ValueError(f"config.{field}={config[field]} must be divisible by the "
-                       f"{num_devices} devices and {num_processes} processes")
+      raise ConfigError(f"config.{field}={config[field]} must be divisible by the "
+                        f"{num_devices} devices and {num_processes} processes")
+  if config.batch_size % d.group_size:
+    raise ConfigError(f"config.batch_size={config.batch_size} must be divisible by "
+                      f"config.data.group_size={d.group_size}")
   init = m.init_from
   if init and not os.path.exists(init):
-    raise ValueError(f"config.model.init_from={init!r} does not exist (a HF CLIP directory, "
-                     "an official .pth checkpoint, or '' to train from scratch)")
+    raise ConfigError(f"config.model.init_from={init!r} does not exist (a HF CLIP "
+                      "directory, an official .pth checkpoint, or '' to train from scratch)")
   if config.select_on not in ("val", "test"):
-    raise ValueError(f"config.select_on must be 'val' or 'test', got {config.select_on!r}")
+    raise ConfigError(f"config.select_on must be 'val' or 'test', got {config.select_on!r}")
   if not d.name:
-    raise ValueError("config.data.name is empty")
+    raise ConfigError("config.data.name is empty")
 
 
 def data_dir(config, workdir: str) -> str:
@@ -111,8 +161,8 @@ def build_tokenizer(config) -> tokenizer_lib.Tokenizer:
     return moving_shapes.make_tokenizer()
   if config.model.init_from and os.path.isdir(config.model.init_from):
     return tokenizer_lib.ClipTokenizer(config.model.init_from)
-  raise ValueError("config.data.tokenizer is empty and cannot be inferred: give a directory "
-                   "with CLIP tokenizer files (see ps_jax.tokenizer.write_clip_tokenizer_files)")
+  raise ConfigError("config.data.tokenizer is empty and cannot be inferred: give a directory "
+                    "with CLIP tokenizer files (see ps_jax.tokenizer.write_clip_tokenizer_files)")
 
 
 def clip_config_from(config, tokenizer) -> ClipConfig:
@@ -126,7 +176,8 @@ def clip_config_from(config, tokenizer) -> ClipConfig:
     text["vocab_size"] = tokenizer.vocab_size
   text.setdefault("max_position_embeddings", config.data.max_len)
   return ClipConfig(text=TextConfig(**text), vision=VisionConfig(**dict(c.vision)),
-                    projection_dim=c.projection_dim)
+                    projection_dim=c.projection_dim,
+                    logit_scale_init_value=c.logit_scale_init_value)
 
 
 def model_options(config) -> dict:
@@ -172,8 +223,8 @@ def build_setup(config, workdir: str) -> Setup:
   tokenizer = build_tokenizer(config)
   clip_config = clip_config_from(config, tokenizer)
   if tokenizer.vocab_size > clip_config.text.vocab_size:
-    raise ValueError(f"tokenizer has {tokenizer.vocab_size} ids but the text model only "
-                     f"{clip_config.text.vocab_size} (config.data.tokenizer / model.clip)")
+    raise ConfigError(f"tokenizer has {tokenizer.vocab_size} ids but the text model only "
+                      f"{clip_config.text.vocab_size} (config.data.tokenizer / model.clip)")
   model = api.build_model(clip_config, **model_options(config))
   params_sharding = model_params_sharding(model, mesh, config.sharding_rules)
   checkpoints.write_model_file(workdir, {
@@ -253,13 +304,22 @@ def evaluate_split(setup: Setup, params, split: str, encoders=None) -> dict:
 
 
 def write_eval(setup: Setup, step: int, split: str, result: dict, writer=None,
-               selected_on: Optional[str] = None) -> dict:
-  """Prints the table, logs scalars and writes `<workdir>/metrics.json` (process 0)."""
+               selected_on: Optional[str] = None,
+               selection: Optional[checkpoints.Selection] = None) -> dict:
+  """Prints the table and logs scalars (process 0); a final result (`selected_on`
+  given: the test of the selected checkpoint, or `--mode eval`) also goes to
+  `<workdir>/metrics.json`.
+
+  `selection`, when the checkpoint was chosen on validation, is recorded as
+  {"step", "val_t2v_R@1", "num_validated"} under "selection"."""
   record = evaluation.metrics_to_json(step, result["num_videos"], result["num_texts"],
                                       result["metrics"], result["dsl"])
   record["split"] = split
   if selected_on:
     record["checkpoint_selected_on"] = selected_on
+  if selection is not None and selection.value is not None:
+    record["selection"] = {"step": selection.step, checkpoints.BEST_METRIC: selection.value,
+                           "num_validated": selection.num_validated}
   if result["twin_acc"] is not None:
     record["twin_acc"] = result["twin_acc"]
   if jax.process_index() != 0:
@@ -270,10 +330,11 @@ def write_eval(setup: Setup, step: int, split: str, result: dict, writer=None,
   if result["twin_acc"] is not None:
     print(f"twin accuracy (own clip above its time-reversed twin): "
           f"{result['twin_acc']:.1f}% (50% = blind to frame order)", flush=True)
-  path = os.path.join(setup.workdir, "metrics.json")
-  with open(path + ".tmp", "w", encoding="utf-8") as f:
-    json.dump(record, f, indent=2)
-  os.replace(path + ".tmp", path)
+  if selected_on:  # a final result (not a periodic validation): <workdir>/metrics.json
+    path = os.path.join(setup.workdir, "metrics.json")
+    with open(path + ".tmp", "w", encoding="utf-8") as f:
+      json.dump(record, f, indent=2)
+    os.replace(path + ".tmp", path)
   if writer is not None:
     for direction in ("t2v", "v2t"):
       for key, value in result["metrics"][direction].items():
@@ -299,7 +360,11 @@ class Logger:
     if self.active:
       from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
       import tqdm  # pylint: disable=g-import-not-at-top
-      self.writer = SummaryWriter(os.path.join(workdir, "tensorboard"))
+      # A resumed run repeats the steps after its checkpoint: drop what a killed run
+      # logged for them (TensorBoard's purge_step does the same for the event files).
+      truncate_history(self.history_path, start_step)
+      self.writer = SummaryWriter(os.path.join(workdir, "tensorboard"),
+                                  purge_step=start_step + 1)
       self.bar = tqdm.tqdm(total=total_steps, initial=start_step, desc="train",
                            dynamic_ncols=True, mininterval=1.0)
 
@@ -321,9 +386,10 @@ class Logger:
                          refresh=False)
     self._append({"step": step, "kind": "train", **scalars})
 
-  def eval(self, step: int, record: dict) -> None:
+  def eval(self, step: int, record: dict, kind: str = "eval") -> None:
+    """A validation row ("eval") or the final test of the selected checkpoint ("test")."""
     if self.active:
-      self._append({"step": step, "kind": "eval", **record})
+      self._append({"step": step, "kind": kind, **record})
 
   def advance(self, n: int) -> None:
     if self.active:
@@ -339,6 +405,29 @@ class Logger:
       self.writer.close()
 
 
+def read_history(path: str) -> list[dict]:
+  """The rows of a history.jsonl; a line cut short by a killed process is skipped."""
+  rows = []
+  if os.path.exists(path):
+    with open(path, encoding="utf-8") as f:
+      for line in f:
+        try:
+          rows.append(json.loads(line))
+        except json.JSONDecodeError:
+          continue
+  return rows
+
+
+def truncate_history(path: str, step: int) -> None:
+  """Keeps the training and validation rows of steps <= `step` (atomically)."""
+  if not os.path.exists(path):
+    return
+  keep = [r for r in read_history(path) if r["step"] <= step and r["kind"] != "test"]
+  with open(path + ".tmp", "w", encoding="utf-8") as f:
+    f.writelines(json.dumps(r) + "\n" for r in keep)
+  os.replace(path + ".tmp", path)
+
+
 def plot_history(workdir: str) -> Optional[str]:
   """Writes `<workdir>/training_curves.png` from history.jsonl (losses, lr, val R@1)."""
   path = os.path.join(workdir, "history.jsonl")
@@ -348,7 +437,7 @@ def plot_history(workdir: str) -> Optional[str]:
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
 
-  rows = [json.loads(line) for line in open(path, encoding="utf-8") if line.strip()]
+  rows = read_history(path)
   train = {}
   for r in rows:  # a resumed run re-logs some steps: keep the last value per step
     if r["kind"] == "train":
@@ -371,6 +460,10 @@ def plot_history(workdir: str) -> Optional[str]:
     axes[2].plot([p[0] for p in pts], [p[1] for p in pts], "o-", label=f"{split} t2v R@1")
     if all(p[2] is not None for p in pts):
       axes[2].plot([p[0] for p in pts], [p[2] for p in pts], "s--", label=f"{split} twin acc")
+  for r in rows:
+    if r["kind"] == "test":  # the final test, at the selected checkpoint's step
+      axes[2].plot([r["step"]], [r["t2v"]["R@1"]], "*", markersize=14,
+                   label=f"{r['split']} t2v R@1, selected step {r['step']}")
   axes[2].set(title="retrieval (%)", xlabel="step")
   axes[2].legend()
   fig.tight_layout()
@@ -388,6 +481,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
 
   Returns the final test record (the content of `<workdir>/metrics.json`).
   """
+  validate_config(config)
   os.makedirs(workdir, exist_ok=True)
   setup = build_setup(config, workdir)
   c, mesh = config, setup.mesh
@@ -463,46 +557,57 @@ def train_and_evaluate(config, workdir: str) -> dict:
 
 
 def final_test(setup: Setup, ckpt, params, step: int, log=None, key="params") -> dict:
-  """Test metrics of the checkpoint selected on validation (or the last, on test)."""
+  """Test metrics of the checkpoint selected on validation (`Checkpointer.selected`), or
+  of the last step when config.select_on == "test" (labelled as such)."""
   c = setup.config
-  if c.select_on == "val" and c.data.val_split and ckpt.best_step() is not None:
-    step = ckpt.best_step()
-    params = ckpt.restore_params(step, jax.tree_util.tree_map(
-        lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
-        api.param_shapes(setup.model), setup.params_sharding), key)
-    selected = f"{c.data.val_split} (best t2v R@1 at step {step})"
+  selection = ckpt.selected() if c.select_on == "val" and c.data.val_split else None
+  if selection is not None and selection.value is not None:
+    step = selection.step
+    params = ckpt.restore_params(step, abstract_params(setup), key)
+    selected = f"{c.data.val_split}: {selection.describe()}"
   else:
+    selection = None
     selected = "test (the last step; selecting on test flatters the numbers)"
   result = evaluate_split(setup, params, c.data.test_split)
   record = write_eval(setup, step, c.data.test_split, result,
-                      log.writer if log else None, selected_on=selected)
+                      log.writer if log else None, selected_on=selected,
+                      selection=selection)
   if log is not None:
-    log.eval(step, record)
+    log.eval(step, record, kind="test")
   return record
 
 
+def abstract_params(setup: Setup) -> Any:
+  """The model's params as ShapeDtypeStructs placed like `setup.params_sharding`."""
+  return jax.tree_util.tree_map(
+      lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
+      api.param_shapes(setup.model), setup.params_sharding)
+
+
 def evaluate_only(config, workdir: str) -> dict:
-  """`--mode eval`: the workdir's checkpoint, else config.model.init_from (zero-shot)."""
+  """`--mode eval`: the workdir's selected checkpoint (`Checkpointer.selected`), else
+  config.model.init_from (zero-shot)."""
+  validate_config(config)
   os.makedirs(workdir, exist_ok=True)
   setup = build_setup(config, workdir)
-  ckpt = checkpoints.Checkpointer(workdir, async_save=False)
+  ckpt = checkpoints.Checkpointer(workdir, async_save=False, read_only=True)
   try:
-    step = ckpt.best_step() or ckpt.latest_step()
-    if step is not None:
-      target = jax.tree_util.tree_map(
-          lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
-          api.param_shapes(setup.model), setup.params_sharding)
-      params = ckpt.restore_params(step, target)
-      source = f"checkpoint step {step}"
+    selection = ckpt.selected()
+    if selection is not None:
+      step = selection.step
+      key = "ema_params" if config.optim.ema_decay > 0 else "params"
+      params = ckpt.restore_params(step, abstract_params(setup), key)
+      source = f"{config.data.val_split}: {selection.describe()}"
     else:
       if not config.model.init_from:
-        raise ValueError(f"--mode eval needs a checkpoint in {workdir!r} or "
-                         "config.model.init_from (HF CLIP weights or a .pth)")
+        raise ConfigError(f"--mode eval needs a checkpoint in {workdir!r} or "
+                          "config.model.init_from (HF CLIP weights or a .pth)")
       step = 0
       params = jax.device_put(initial_params(config, setup.model, jax.random.PRNGKey(0)),
                               setup.params_sharding)
       source = f"{config.model.init_from} (zero-shot)"
     result = evaluate_split(setup, params, config.data.test_split)
-    return write_eval(setup, step, config.data.test_split, result, selected_on=source)
+    return write_eval(setup, step, config.data.test_split, result, selected_on=source,
+                      selection=selection)
   finally:
     ckpt.close()

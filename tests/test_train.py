@@ -160,3 +160,97 @@ def test_twin_accuracy():
   # caption 0 and 1 right, 2 a tie (half), 3 wrong, 4 right -> 3.5 / 5.
   assert train.twin_accuracy(sim, t2v, ids) == pytest.approx(70.0)
   assert train.twin_accuracy(sim, t2v, ["x", "y", "z", "w"]) is None
+
+
+# Validation t2v R@1 injected per step: the best (40) is reached at step 4 and tied at
+# step 6; the last step (8) is worse. Only the validation numbers are scripted: the
+# weights, checkpoints and the test evaluation are real.
+SCRIPTED_VAL_R1 = {2: 10.0, 4: 40.0, 6: 40.0, 8: 20.0}
+
+
+def _script_validation(monkeypatch):
+  real = train.write_eval
+
+  def write_eval(setup, step, split, result, *args, **kwargs):
+    if split == setup.config.data.val_split:
+      result["metrics"]["t2v"]["R@1"] = SCRIPTED_VAL_R1[step]
+    return real(setup, step, split, result, *args, **kwargs)
+
+  monkeypatch.setattr(train, "write_eval", write_eval)
+
+
+def _selection_config(data_root, **overrides):
+  return tiny_config(**{"data.dir": data_root, "num_train_steps": 8, "eval_every_steps": 2,
+                        "checkpoint.every_steps": 1, "checkpoint.keep": 1, **overrides})
+
+
+def _params_at(workdir, step):
+  model = ps_jax.load_model(workdir)[0]
+  ckpt = checkpoints.Checkpointer(workdir, async_save=False, read_only=True)
+  try:
+    return jax.device_get(ckpt.restore_params(step, ps_jax.api.param_shapes(model)))
+  finally:
+    ckpt.close()
+
+
+def _assert_trees_equal(a, b):
+  for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b), strict=True):
+    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+def _assert_selected_step_4(workdir, record, data_root):
+  best = checkpoints.select_best(list(SCRIPTED_VAL_R1.items()))
+  assert best == (4, 40.0)
+  assert record["step"] == 4
+  assert record["selection"]["step"] == 4
+  assert record["selection"][checkpoints.BEST_METRIC] == 40.0
+  assert "step 4 (best validation t2v R@1 40.0" in record["checkpoint_selected_on"]
+  ckpt_dir = os.path.join(workdir, "checkpoints")
+  assert sorted(int(n) for n in os.listdir(ckpt_dir) if n.isdigit()) == [4, 8]
+  # The test metrics are those of step 4's weights, which differ from the last step's.
+  p4, p8 = _params_at(workdir, 4), _params_at(workdir, 8)
+  assert any(not np.array_equal(x, y) for x, y in
+             zip(jax.tree_util.tree_leaves(p4), jax.tree_util.tree_leaves(p8)))
+  cfg = _selection_config(data_root)
+  setup = train.build_setup(cfg, workdir)
+  for step, params in ((4, p4), (8, p8)):
+    result = train.evaluate_split(setup, jax.device_put(params, setup.params_sharding),
+                                  cfg.data.test_split)
+    if step == 4:
+      assert result["metrics"]["t2v"] == record["t2v"]
+      assert result["metrics"]["v2t"] == record["v2t"]
+  # load_model(workdir), --mode eval and --mode index use the same checkpoint.
+  _assert_trees_equal(jax.device_get(ps_jax.load_model(workdir)[1]), p4)
+  again = train.evaluate_only(cfg, workdir)
+  assert again["step"] == 4 and again["t2v"] == record["t2v"]
+  from ps_jax import index as index_lib, index_videos  # pylint: disable=g-import-not-at-top
+  index_videos.index_from_config(cfg, workdir, out=os.path.join(workdir, "index"))
+  model = ps_jax.load_model(workdir)[0]
+  assert (index_lib.load_index(os.path.join(workdir, "index")).fingerprint
+          == index_videos.model_fingerprint(model, p4))
+
+
+def test_the_final_test_uses_the_best_validation_step_not_the_last(
+    data_root, tmp_path, monkeypatch, capsys):
+  _script_validation(monkeypatch)
+  workdir = str(tmp_path / "run")
+  record = train.train_and_evaluate(_selection_config(data_root), workdir)
+  assert "test split, step 4, checkpoint selected on val: step 4" in capsys.readouterr().out
+  _assert_selected_step_4(workdir, record, data_root)
+  with open(os.path.join(workdir, "metrics.json")) as f:
+    assert json.load(f) == record
+
+
+def test_the_best_step_from_before_a_resume_still_wins(data_root, tmp_path, monkeypatch):
+  """Stopped at step 5 (checkpoints 4 = best and 5 = latest), resumed to step 8: the
+  restarted run reads the metrics saved with step 4 and neither deletes nor forgets it."""
+  _script_validation(monkeypatch)
+  workdir = str(tmp_path / "run")
+  assert train.train_and_evaluate(_selection_config(data_root, stop_after_steps=5),
+                                  workdir) == {}
+  record = train.train_and_evaluate(_selection_config(data_root), workdir)
+  _assert_selected_step_4(workdir, record, data_root)
+  history = train.read_history(os.path.join(workdir, "history.jsonl"))
+  assert [r["step"] for r in history if r["kind"] == "train"] == list(range(1, 9))
+  assert [r["step"] for r in history if r["kind"] == "eval"] == [2, 4, 6, 8]
+  assert [r["step"] for r in history if r["kind"] == "test"] == [4]

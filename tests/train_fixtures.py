@@ -13,24 +13,13 @@ from ps_jax.models.clip import ClipConfig, TextConfig, VisionConfig, logical_axe
 from ps_jax.train import create_state
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY_CONFIG = os.path.join(REPO, "tests", "configs", "tiny.py")
 VOCAB = 40
 
 
 def tiny_config(**overrides):
-  """configs/demo.py shrunk for tests (moving_shapes/tiny, a handful of steps)."""
-  c = load_config_file(os.path.join(REPO, "configs", "demo.py"))
-  c.model.clip.text.update(hidden_size=32, intermediate_size=48, num_hidden_layers=1,
-                           num_attention_heads=2)
-  c.model.clip.vision.update(patch_size=16, hidden_size=32, intermediate_size=48,
-                             num_hidden_layers=2, num_attention_heads=2)
-  c.model.clip.projection_dim = 32
-  c.data.name = "moving_shapes/tiny"
-  c.batch_size = 8
-  c.eval_batch_size = 8
-  c.num_train_steps = 6
-  c.eval_every_steps = 3
-  c.checkpoint.every_steps = 2
-  c.log_every_steps = 1
+  """tests/configs/tiny.py (configs/demo.py shrunk) with dotted-key overrides."""
+  c = load_config_file(TINY_CONFIG)
   for key, value in overrides.items():
     target = c
     *path, last = key.split(".")
