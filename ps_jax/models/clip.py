@@ -386,9 +386,13 @@ def l2_normalize(x: Array, axis: int = -1, eps: float = 1e-12) -> Array:
 
 
 def init_params(model: nn.Module, rng: Array, *args, method=None) -> dict:
-  """Initialises `model` and returns plain (unboxed) float32 params."""
-  variables = model.init(rng, *args, method=method)
-  return nn.unbox(variables["params"])
+  """Initialises `model` and returns plain (unboxed) float32 params.
+
+  Compiled as one program: run eagerly, every initialiser is its own small compilation
+  (tens of seconds on a CPU for a tiny model)."""
+  def init(rng, *args):
+    return nn.unbox(model.init(rng, *args, method=method)["params"])
+  return jax.jit(init)(rng, *args)
 
 
 def logical_axes(model: nn.Module, *args, method=None) -> dict:
