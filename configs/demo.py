@@ -37,6 +37,9 @@ def get_config():
   c.optim.lr_clip = 1e-3          # from scratch
   c.optim.lr_new = 1e-2           # the prompt cube (and caption head): a large step breaks
                                   # the twins' symmetry (identical frame sets) early
+  c.optim.aggregation_group = "new"  # the aggregation attention learns at lr_new too: its
+                                     # output projection starts at zero, and at lr_clip
+                                     # the switch broke the symmetry on 3 seeds of 5
   c.optim.weight_decay = 0.05
   c.checkpoint.every_steps = 100
   c.log_every_steps = 10

@@ -64,6 +64,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.optim = ml_collections.ConfigDict()
   c.optim.lr_clip = 1e-6
   c.optim.lr_new = 1e-5
+  c.optim.aggregation_group = "clip"  # learning-rate group of the aggregation attention
+                                      # (official: "clip"; "new" = lr_new)
   c.optim.weight_decay = 0.2
   c.optim.b1 = 0.9
   c.optim.b2 = 0.999

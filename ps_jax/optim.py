@@ -10,20 +10,24 @@ import jax.numpy as jnp
 import optax
 
 # Parameters that Prompt Switch adds and trains with the larger learning rate. As in the
-# official code, the aggregation attention stays in the CLIP group.
+# official code, the aggregation attention stays in the CLIP group (unless
+# config.optim.aggregation_group = "new").
 NEW_PARAM_PREFIXES = (("vision_model", "prompt"), ("caption",))
+AGGREGATION_PREFIX = ("vision_model", "aggregation")
 MAX_LOGIT_SCALE = math.log(100.0)
 
 
-def param_group(path: tuple[str, ...]) -> str:
-  """"new" for the prompt cube and the caption head, "clip" for everything else."""
-  return "new" if any(path[:len(p)] == p for p in NEW_PARAM_PREFIXES) else "clip"
+def param_group(path: tuple[str, ...], aggregation_group: str = "clip") -> str:
+  """"new" for the prompt cube and the caption head (and the aggregation attention when
+  `aggregation_group == "new"`), "clip" for everything else."""
+  prefixes = NEW_PARAM_PREFIXES + ((AGGREGATION_PREFIX,) if aggregation_group == "new" else ())
+  return "new" if any(path[:len(p)] == p for p in prefixes) else "clip"
 
 
-def param_labels(params: Any) -> Any:
+def param_labels(params: Any, aggregation_group: str = "clip") -> Any:
   """Tree of "clip" / "new" labels matching `params`."""
   return jax.tree_util.tree_map_with_path(
-      lambda path, _: param_group(tuple(k.key for k in path)), params)
+      lambda path, _: param_group(tuple(k.key for k in path), aggregation_group), params)
 
 
 def schedule(peak: float, total_steps: int, warmup_fraction: float) -> optax.Schedule:
@@ -49,7 +53,8 @@ def make_optimizer(cfg: Mapping, total_steps: int) -> tuple[optax.GradientTransf
 
   tx = optax.chain(
       optax.clip_by_global_norm(cfg["grad_clip"]) if cfg["grad_clip"] else optax.identity(),
-      optax.multi_transform({k: adamw(s) for k, s in schedules.items()}, param_labels))
+      optax.multi_transform({k: adamw(s) for k, s in schedules.items()},
+                            lambda p: param_labels(p, cfg.get("aggregation_group", "clip"))))
   return tx, schedules
 
 

@@ -121,6 +121,9 @@ def validate_config(config, num_devices: Optional[int] = None,
   if init and not os.path.exists(init):
     raise ConfigError(f"config.model.init_from={init!r} does not exist (a HF CLIP "
                       "directory, an official .pth checkpoint, or '' to train from scratch)")
+  if config.optim.aggregation_group not in ("clip", "new"):
+    raise ConfigError("config.optim.aggregation_group must be 'clip' or 'new', got "
+                      f"{config.optim.aggregation_group!r}")
   if config.select_on not in ("val", "test"):
     raise ConfigError(f"config.select_on must be 'val' or 'test', got {config.select_on!r}")
   if not d.name:
