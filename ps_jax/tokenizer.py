@@ -151,8 +151,11 @@ class ClipTokenizer:
     return self.hf(text, add_special_tokens=False)["input_ids"]
 
   def __call__(self, texts: Sequence[str], max_len: int = 77):
-    """Returns (ids int32[B, max_len], attention_mask int32[B, max_len])."""
-    return pad_and_truncate([self.encode(t) for t in texts], max_len, self.bos_id, self.eos_id)
+    """Returns (ids int32[B, max_len], attention_mask int32[B, max_len]); the batch is
+    tokenized by one call of the Hugging Face tokenizer."""
+    texts = list(texts)
+    tokens = self.hf(texts, add_special_tokens=False)["input_ids"] if texts else []
+    return pad_and_truncate(tokens, max_len, self.bos_id, self.eos_id)
 
 
 # ----------------------------------------------------------------------------- word-level
