@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Shell helpers shared by launch/local.sh and launch/tpu_pod.sh (sourced, not run).
 # launch/slurm_gpu.sbatch keeps its own copy: sbatch runs a spooled copy of the script,
 # away from this directory.

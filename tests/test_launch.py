@@ -49,6 +49,15 @@ def test_scripts_pass_shellcheck(script):
   assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
+def test_sourced_helpers_name_their_shell_for_shellcheck():
+  """lib.sh is sourced, not run: its directive, not a shebang, tells shellcheck the shell."""
+  lib = os.path.join(LAUNCH, "lib.sh")
+  with open(lib) as f:
+    assert f.readline().strip() == "# shellcheck shell=bash"
+  proc = run([shellcheck_binary(), lib])
+  assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
 @pytest.mark.parametrize("script", SCRIPTS, ids=os.path.basename)
 def test_scripts_are_executable_and_have_help(script):
   assert os.stat(script).st_mode & stat.S_IXUSR
