@@ -33,33 +33,36 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # pylint: disable=g-import-not-at-top,wrong-import-position
 import jax  # noqa: E402
 
-from ps_jax import api, index_videos, search, train  # noqa: E402
+from ps_jax import api, embed, experiment, sharding  # noqa: E402
 from ps_jax.config_defaults import load_config_file  # noqa: E402
-from ps_jax.data import moving_shapes, prepare  # noqa: E402
+from ps_jax.data import moving_shapes, preparation  # noqa: E402
+from ps_jax.data import video as video_lib  # noqa: E402
 from ps_jax.models.clip import ClipConfig  # noqa: E402
+from ps_jax.retrieval import build, query, sources, topk  # noqa: E402
+from ps_jax.retrieval.model import IndexModel  # noqa: E402
 # pylint: enable=g-import-not-at-top,wrong-import-position
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DATASET = "moving_shapes/demo"
 
 
-def demo_model() -> index_videos.IndexModel:
+def demo_model() -> IndexModel:
   """configs/demo.py's architecture with random weights, as an in-memory IndexModel."""
   config = load_config_file(os.path.join(REPO, "configs", "demo.py"))
   tokenizer = moving_shapes.make_tokenizer()
-  model = api.build_model(train.clip_config_from(config, tokenizer),
-                          **train.model_options(config))
+  model = api.build_model(experiment.clip_config_from(config, tokenizer),
+                          **experiment.model_options(config))
   params = api.init_model_params(model, jax.random.PRNGKey(0))
-  return index_videos.IndexModel.from_params(
+  return IndexModel.from_params(
       model, params, num_frames=config.data.eval_num_frames, max_len=config.data.max_len,
       tokenizer="moving_shapes")
 
 
-def vit_b32_model() -> index_videos.IndexModel:
+def vit_b32_model() -> IndexModel:
   """ViT-B/32 Prompt Switch (6 prompts, caption head) with random weights."""
   model = api.build_model(ClipConfig(), num_prompts=6)
   params = api.init_model_params(model, jax.random.PRNGKey(0))
-  return index_videos.IndexModel.from_params(model, params, tokenizer="moving_shapes")
+  return IndexModel.from_params(model, params, tokenizer="moving_shapes")
 
 
 def time_index(imodel, source, out_root: str, name: str, **kwargs) -> list[dict]:
@@ -68,7 +71,7 @@ def time_index(imodel, source, out_root: str, name: str, **kwargs) -> list[dict]
   for attempt in ("cold", "warm"):
     out = os.path.join(out_root, f"{name}_{attempt}")
     start = time.perf_counter()
-    summary = index_videos.build_index(out, source, imodel, progress=False, **kwargs)
+    summary = build.build_index(out, source, imodel, progress=False, **kwargs)
     runs.append({"attempt": attempt, "videos": summary.added + len(summary.skipped),
                  "embed_s": summary.seconds, "total_s": time.perf_counter() - start,
                  "videos_per_s": summary.videos_per_s})
@@ -81,11 +84,11 @@ def query_latency(imodel, n: int, batch: int, budget_s: float) -> dict:
   rng = np.random.default_rng(0)
   rows = rng.standard_normal((n, imodel.model.clip.projection_dim)).astype(np.float32)
   rows /= np.linalg.norm(rows, axis=1, keepdims=True)
-  mesh = search.make_mesh()
-  encoder = search.TextEncoder(imodel.model, imodel.params, moving_shapes.make_tokenizer(),
+  mesh = sharding.make_mesh()
+  encoder = embed.TextEncoder(imodel.model, imodel.params, moving_shapes.make_tokenizer(),
                                imodel.defaults["max_len"], mesh=mesh, batch_size=batch)
-  searcher = search.TextSearcher(
-      search.Searcher(rows, [f"v{i}" for i in range(n)], mesh=mesh, batch_size=batch), encoder)
+  searcher = query.TextSearcher(
+      topk.Searcher(rows, [f"v{i}" for i in range(n)], mesh=mesh, batch_size=batch), encoder)
   captions = [c for clip in moving_shapes.iter_clips(moving_shapes.SIZES["tiny"], "train")
               for c in clip.captions]
   out = {}
@@ -123,13 +126,12 @@ def main(argv=None) -> int:
   try:
     data_dir = args.data_dir or os.path.join(tmp, "data")
     t0 = time.perf_counter()
-    prepare.prepare("moving_shapes", out_dir=data_dir, shapes_size="demo", progress=False)
-    source = index_videos.dataset_source(data_dir, DATASET, args.split)
+    preparation.prepare("moving_shapes", out_dir=data_dir, shapes_size="demo", progress=False)
+    source = sources.dataset_source(data_dir, DATASET, args.split)
     clips = {c.video_id: c for c in moving_shapes.iter_clips(moving_shapes.SIZES["demo"],
                                                                args.split)}
     video_dir = os.path.join(tmp, "videos")
     os.makedirs(video_dir)
-    from ps_jax.data import video as video_lib  # pylint: disable=g-import-not-at-top
     for video_id in source.ids:
       video_lib.write_video(os.path.join(video_dir, video_id + ".mp4"),
                             clips[video_id].frames, fps=8)
@@ -140,12 +142,12 @@ def main(argv=None) -> int:
     rows = []
     runs = time_index(demo, source, tmp, "demo_prepared", **common)
     rows.append(("demo (configs/demo.py), prepared split", demo, runs))
-    raw = index_videos.video_dir_source(video_dir, short_side=None)
+    raw = sources.video_dir_source(video_dir, short_side=None)
     runs = time_index(demo, raw, tmp, "demo_raw", **common)
     rows.append(("demo (configs/demo.py), raw .mp4 (PyAV decode)", demo, runs))
     if args.vit_b32:
       vit = vit_b32_model()
-      subset = index_videos.VideoSource(source.ids[:args.vit_b32], source.load, None,
+      subset = sources.VideoSource(source.ids[:args.vit_b32], source.load, None,
                                         source.info)
       runs = time_index(vit, subset, tmp, "vit_b32", **common)
       rows.append(("ViT-B/32 Prompt Switch, prepared split resized to 224", vit, runs))

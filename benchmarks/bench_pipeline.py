@@ -31,7 +31,7 @@ from PIL import Image
 from ps_jax.data import builders
 from ps_jax.data import moving_shapes
 from ps_jax.data import pipeline
-from ps_jax.data import prepare
+from ps_jax.data import preparation
 from ps_jax.data import video
 
 
@@ -123,11 +123,11 @@ def main() -> None:
     src = _make_videos(os.path.join(tmp, "src"), args.clips, args.stored_short_side,
                        args.frames_per_video)
     out = os.path.join(tmp, "data")
-    summary = prepare.prepare("moving_shapes", out_dir=out,
-                              video_dir=os.path.join(src, "videos"), anno_dir=src,
-                              frames_per_video=args.frames_per_video,
-                              short_side=args.stored_short_side,
-                              num_workers=args.prepare_workers, progress=False)
+    summary = preparation.prepare("moving_shapes", out_dir=out,
+                                  video_dir=os.path.join(src, "videos"), anno_dir=src,
+                                  frames_per_video=args.frames_per_video,
+                                  short_side=args.stored_short_side,
+                                  num_workers=args.prepare_workers, progress=False)
     n = sum(summary.written.values())
     print(f"prepare: {n} videos with {args.prepare_workers} decode workers in "
           f"{summary.seconds:.1f} s ({n / summary.seconds:.1f} videos/s)")

@@ -25,7 +25,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import jax  # noqa: E402  pylint: disable=g-import-not-at-top,wrong-import-position
 
-from ps_jax import search  # noqa: E402  pylint: disable=g-import-not-at-top,wrong-import-position
+from ps_jax import sharding  # noqa: E402  pylint: disable=g-import-not-at-top,wrong-import-position
+from ps_jax.retrieval import topk  # noqa: E402  pylint: disable=g-import-not-at-top,wrong-import-position
 
 
 def parse_size(text: str) -> int:
@@ -77,7 +78,7 @@ def faiss_search(rows: np.ndarray):
   return run
 
 
-def searcher_search(searcher: search.Searcher, approx: bool):
+def searcher_search(searcher: topk.Searcher, approx: bool):
 
   def run(queries: np.ndarray, k: int):
     return searcher.search(queries, k, approx=approx)
@@ -114,7 +115,7 @@ def main(argv=None) -> int:
   parser.add_argument("--batch", type=int, default=64, help="queries per batch")
   parser.add_argument("--dtypes", default="",
                       help="comma-separated Searcher storage dtypes (default: the platform's, "
-                           "see ps_jax.search.DEFAULT_DTYPES)")
+                           "see ps_jax.retrieval.topk.DEFAULT_DTYPES)")
   parser.add_argument("--budget_s", type=float, default=2.0,
                       help="time spent per measurement (at least --min_calls calls)")
   parser.add_argument("--min_calls", type=int, default=5)
@@ -123,8 +124,8 @@ def main(argv=None) -> int:
   parser.add_argument("--seed", type=int, default=0)
   args = parser.parse_args(argv)
   sizes = [parse_size(s) for s in args.sizes.split(",") if s.strip()]
-  mesh = search.make_mesh()
-  dtypes = [d for d in args.dtypes.split(",") if d] or [search.default_dtype(mesh)]
+  mesh = sharding.make_mesh()
+  dtypes = [d for d in args.dtypes.split(",") if d] or [topk.default_dtype(mesh)]
 
   try:
     import faiss  # pylint: disable=g-import-not-at-top
@@ -143,7 +144,7 @@ def main(argv=None) -> int:
     exact_ids = numpy_search(rows)(batches[0], args.k)[1]
     methods = []
     for dtype in dtypes:
-      searcher = search.Searcher(rows, dtype=dtype, mesh=mesh, batch_size=args.batch)
+      searcher = topk.Searcher(rows, dtype=dtype, mesh=mesh, batch_size=args.batch)
       methods.append((f"ps_jax exact ({dtype})", searcher_search(searcher, False), searcher))
       methods.append((f"ps_jax approx ({dtype}, recall_target {args.recall_target})",
                       searcher_search(searcher, True), searcher))

@@ -62,10 +62,12 @@ import numpy as np
 from ps_jax import api, optim, runtime, sharding
 from ps_jax import train_step as ts
 from ps_jax.config_defaults import base_config
+from ps_jax.data import moving_shapes, pipeline, preparation
 from ps_jax.data.transforms import normalize_frames
 from ps_jax.models.clip import ClipConfig, TextConfig, VisionConfig
 from ps_jax.models import layers as L
-from ps_jax.train import create_state, model_params_sharding, state_shardings
+from ps_jax.experiment import model_params_sharding
+from ps_jax.train_step import create_state, state_shardings
 
 MODELS = {
     "tiny": ClipConfig(
@@ -348,14 +350,8 @@ class TrainVariant:
     return sharding.global_batch(self.host_batch(i), self.mesh)
 
   def jitted(self, model=None):
-    model = model or self.model
-    fn = lambda s, b: ts.train_step(s, b, model=model, tx=self.tx, lc=self.lc,
-                                    schedules=self.schedules)
-    batch_sh = {k: sharding.batch_sharding(self.mesh, v.ndim)
-                for k, v in self.host_batches[0].items()}
-    return jax.jit(fn, in_shardings=(self.state_sharding, batch_sh),
-                   out_shardings=(self.state_sharding, sharding.replicated(self.mesh)),
-                   donate_argnums=0 if self.opts.donate else ())
+    return ts.jit_train_step(model or self.model, self.tx, self.lc, self.schedules,
+                             self.state_sharding, self.mesh, donate=self.opts.donate)
 
   def compile(self, state) -> None:
     start = time.perf_counter()
@@ -525,8 +521,6 @@ class TorchReference:
 def pipeline_frames_per_s(args, clip: ClipConfig, workers: list[int]) -> list[tuple]:
   """grain training-pipeline throughput (frames/s) on a prepared synthetic .mp4 dataset,
   built with benchmarks/bench_pipeline.py's helpers, for each worker count."""
-  from ps_jax.data import moving_shapes, pipeline, prepare  # pylint: disable=g-import-not-at-top
-
   path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "bench_pipeline.py")
   spec = importlib.util.spec_from_file_location("bench_pipeline", path)
   bench_pipeline = importlib.util.module_from_spec(spec)
@@ -536,9 +530,9 @@ def pipeline_frames_per_s(args, clip: ClipConfig, workers: list[int]) -> list[tu
     src = bench_pipeline._make_videos(  # pylint: disable=protected-access
         os.path.join(tmp, "src"), args.pipeline_clips, 256, 16)
     out = os.path.join(tmp, "data")
-    prepare.prepare("moving_shapes", out_dir=out, video_dir=os.path.join(src, "videos"),
-                    anno_dir=src, frames_per_video=16, short_side=256, num_workers=0,
-                    progress=False)
+    preparation.prepare("moving_shapes", out_dir=out, video_dir=os.path.join(src, "videos"),
+                        anno_dir=src, frames_per_video=16, short_side=256, num_workers=0,
+                        progress=False)
     tok = moving_shapes.make_tokenizer()
     for w in workers:
       loader = pipeline.make_train_loader(

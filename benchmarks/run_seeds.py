@@ -101,7 +101,7 @@ def print_runs(name: str, seeds: Sequence[int], records: Sequence[dict]) -> None
 def print_summary(results: dict, seeds: Sequence[int], markdown: bool) -> None:
   n = len(seeds)
   if markdown:
-    print(f"\n| config | t2v R@1 | min | t2v R@5 | t2v MdR | v2t R@1 | twin accuracy | min |")
+    print("\n| config | t2v R@1 | min | t2v R@5 | t2v MdR | v2t R@1 | twin accuracy | min |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|")
   else:
     print(f"\nsummary over seeds {','.join(map(str, seeds))} (mean ± std, min)")

@@ -20,11 +20,13 @@ import os
 import sys
 
 import jax
+import jax.numpy as jnp
 from jax.sharding import AbstractMesh
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from ps_jax import api, sharding  # noqa: E402  pylint: disable=g-import-not-at-top
+from ps_jax import train_step as ts  # noqa: E402  pylint: disable=g-import-not-at-top
 from ps_jax.config_defaults import base_config  # noqa: E402  pylint: disable=g-import-not-at-top
 from ps_jax.models.clip import (ClipConfig, TextConfig, VisionConfig,  # noqa: E402  pylint: disable=g-import-not-at-top
                                 count_params, logical_axes)
@@ -106,9 +108,6 @@ def measure(key: str, videos: int, frames: int, remat: str, dtype: str,
   Returns {"temp": bytes of temporaries (activations and workspace), "estimate": this
   module's activation estimate for the same batch}.
   """
-  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-  from ps_jax import train_step as ts  # pylint: disable=g-import-not-at-top
-
   _, vision, text, proj = BACKBONES[key]
   clip = ClipConfig(TextConfig(**text), VisionConfig(**vision), projection_dim=proj)
   model = api.build_model(clip, num_prompts=6, remat_policy=remat, dtype=dtype)

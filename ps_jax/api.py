@@ -1,16 +1,23 @@
-"""Public entry point: `load_model` from HF CLIP, official `.pth`, or ps_jax checkpoints."""
+"""Model loading, the public entry point: `load_model` from a HF CLIP directory, an
+official `.pth` or a ps_jax training workdir, and `export_official`.
+
+Layer: model loading (imports models and the formats: convert, checkpoints).
+"""
 
 from __future__ import annotations
 
 import dataclasses
 import os
+import sys
 from typing import Any, Optional
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+import safetensors.numpy
 
-from ps_jax import convert
+from ps_jax import checkpoints, convert
 from ps_jax.models.clip import ClipConfig, Compute, init_params
 from ps_jax.models.prompt_switch import PromptSwitch, PromptSwitchConfig
 
@@ -49,8 +56,6 @@ def init_model_params(model: PromptSwitch, rng: jax.Array) -> dict:
 
 def param_shapes(model: PromptSwitch) -> dict:
   """Tree of ShapeDtypeStructs of `model`'s params, without computing anything."""
-  import flax.linen as nn  # pylint: disable=g-import-not-at-top
-
   boxed = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), *dummy_inputs(model)))
   return nn.unbox(boxed)["params"]
 
@@ -92,9 +97,8 @@ def load_model(path: str, *, clip_config: Any = None, num_prompts: int = 6,
     `model.apply({"params": params}, ..., method="encode_text")` etc.
   """
   rng = jax.random.PRNGKey(0) if rng is None else rng
-  if os.path.isdir(path) and os.path.exists(os.path.join(path, "ps_jax_model.json")):
-    from ps_jax import checkpoints  # pylint: disable=g-import-not-at-top
-    return checkpoints.load_model_dir(path, **overrides)
+  if checkpoints.has_model_file(path):
+    return load_model_dir(path, **overrides)
   if path.endswith((".pth", ".pt", ".bin")):
     config = ClipConfig() if clip_config is None else ClipConfig.from_hf(clip_config)
     model = build_model(config, num_prompts, **overrides)
@@ -115,10 +119,34 @@ def load_model(path: str, *, clip_config: Any = None, num_prompts: int = 6,
                           "ps_jax checkpoint directory")
 
 
+def load_model_dir(workdir: str, step: Optional[int] = None, use_ema: Optional[bool] = None,
+                   **overrides):
+  """(model, params) of a training workdir: checkpoint `step`, else the selected one
+  (`checkpoints.Checkpointer.selected`: best validation t2v R@1, else the latest), whose
+  step and validation value are printed. `use_ema` (default: whether the run kept an
+  EMA, which its evaluations used) loads `ema_params`."""
+  desc = checkpoints.read_model_file(workdir)
+  model = build_model(ClipConfig.from_hf(desc["clip"]), **{**desc["options"], **overrides})
+  if use_ema is None:
+    use_ema = desc.get("config", {}).get("optim", {}).get("ema_decay", 0.0) > 0
+  ckpt = checkpoints.Checkpointer(workdir, async_save=False, read_only=True)
+  try:
+    if step is None:
+      selection = ckpt.selected()
+      if selection is None:
+        raise FileNotFoundError(f"{workdir!r} has {checkpoints.MODEL_FILE} but no checkpoint")
+      step = selection.step
+      if jax.process_index() == 0:
+        print(f"{workdir}: loading {selection.describe()}", file=sys.stderr, flush=True)
+    params = ckpt.restore_params(step, param_shapes(model),
+                                 "ema_params" if use_ema else "params")
+  finally:
+    ckpt.close()
+  return model, params
+
+
 def export_official(params: dict, model: PromptSwitch, out_path: str) -> None:
   """Writes params to a safetensors file with the official Prompt Switch names."""
-  import safetensors.numpy  # pylint: disable=g-import-not-at-top
-
   layout = convert.prompt_switch_layout(model.clip, model.config.num_prompts,
                                         model.config.aggregate,
                                         model.config.num_captioner_layers)

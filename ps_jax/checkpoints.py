@@ -1,5 +1,8 @@
 """orbax checkpoints of a training run: state + data iterator, last K + best, any mesh.
 
+Layer: formats (no ps_jax imports besides `fileio`). The workdir may be a local path or
+a URL (orbax writes through etils.epath / TensorStore).
+
 Layout of a workdir:
   ps_jax_model.json      the model description (what `ps_jax.load_model(workdir)` reads)
   checkpoints/<step>/    {"state": params, opt_state, step, rng[, ema_params],
@@ -17,15 +20,14 @@ whole validation history, also across restarts.
 from __future__ import annotations
 
 import dataclasses
-import json
-import os
-import sys
 from typing import Any, Optional, Sequence
 
 import grain
 import jax
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as managers
+
+from ps_jax import fileio
 
 MODEL_FILE = "ps_jax_model.json"
 BEST_METRIC = "val_t2v_R@1"
@@ -86,7 +88,7 @@ class Checkpointer:
 
   def __init__(self, workdir: str, keep: int = 2, async_save: bool = True,
                read_only: bool = False):
-    self.directory = os.path.join(os.path.abspath(workdir), "checkpoints")
+    self.directory = fileio.join(fileio.absolute(workdir), "checkpoints")
     policy = managers.AnyPreservationPolicy([managers.LatestN(n=keep), _KeepSelected()])
     options = ocp.CheckpointManagerOptions(
         preservation_policy=None if read_only else policy,
@@ -141,7 +143,7 @@ class Checkpointer:
     `abstract_params`; the optimizer state is not read into memory."""
     target = {key: abstract_params}
     restore_args = ocp.checkpoint_utils.construct_restore_args(target)
-    path = os.path.join(self.directory, str(step), "state")
+    path = fileio.as_path(fileio.join(self.directory, str(step), "state"))
     with ocp.PyTreeCheckpointer() as reader:
       restored = reader.restore(path, args=ocp.args.PyTreeRestore(
           item=target, restore_args=restore_args, partial_restore=True))
@@ -159,21 +161,21 @@ def write_model_file(workdir: str, description: dict) -> None:
   """Writes `ps_jax_model.json` (process 0 only): enough to rebuild the model."""
   if jax.process_index() != 0:
     return
-  os.makedirs(workdir, exist_ok=True)
-  path = os.path.join(workdir, MODEL_FILE)
-  tmp = path + ".tmp"
-  with open(tmp, "w", encoding="utf-8") as f:
-    json.dump(description, f, indent=2, sort_keys=True)
-  os.replace(tmp, path)
+  fileio.makedirs(workdir)
+  fileio.write_json(fileio.join(workdir, MODEL_FILE), description, sort_keys=True)
 
 
 def read_model_file(workdir: str) -> dict:
-  path = os.path.join(workdir, MODEL_FILE)
+  path = fileio.join(workdir, MODEL_FILE)
   try:
-    with open(path, encoding="utf-8") as f:
-      return json.load(f)
-  except (OSError, json.JSONDecodeError) as e:
+    return fileio.read_json(path)
+  except (OSError, ValueError) as e:
     raise ValueError(f"Cannot read {path!r}: {e}") from e
+
+
+def has_model_file(workdir: str) -> bool:
+  """Whether `workdir` is a ps_jax training workdir (holds `ps_jax_model.json`)."""
+  return fileio.exists(fileio.join(workdir, MODEL_FILE))
 
 
 def selected_checkpoint(workdir: str) -> Optional[Selection]:
@@ -183,33 +185,3 @@ def selected_checkpoint(workdir: str) -> Optional[Selection]:
     return ckpt.selected()
   finally:
     ckpt.close()
-
-
-def load_model_dir(workdir: str, step: Optional[int] = None, use_ema: Optional[bool] = None,
-                   **overrides):
-  """(model, params) of a training workdir: checkpoint `step`, else the selected one
-  (`Checkpointer.selected`: best validation t2v R@1, else the latest). `use_ema`
-  (default: whether the run kept an EMA, which its evaluations used) loads `ema_params`."""
-  from ps_jax import api  # pylint: disable=g-import-not-at-top
-  from ps_jax.models.clip import ClipConfig  # pylint: disable=g-import-not-at-top
-
-  desc = read_model_file(workdir)
-  clip_config = ClipConfig.from_hf(desc["clip"])
-  options = {**desc["options"], **overrides}
-  model = api.build_model(clip_config, **options)
-  if use_ema is None:
-    use_ema = desc.get("config", {}).get("optim", {}).get("ema_decay", 0.0) > 0
-  ckpt = Checkpointer(workdir, async_save=False, read_only=True)
-  try:
-    if step is None:
-      selection = ckpt.selected()
-      if selection is None:
-        raise FileNotFoundError(f"{workdir!r} has {MODEL_FILE} but no checkpoint")
-      step = selection.step
-      if jax.process_index() == 0:
-        print(f"{workdir}: loading {selection.describe()}", file=sys.stderr, flush=True)
-    shapes = api.param_shapes(model)
-    params = ckpt.restore_params(step, shapes, "ema_params" if use_ema else "params")
-  finally:
-    ckpt.close()
-  return model, params

@@ -4,6 +4,8 @@ A layout is a list of `Entry`s, each tying one external tensor name (per-layer n
 use `{i}`) to one path in the Flax tree and a transform (linear and conv kernels are
 transposed; per-layer tensors are stacked on the scan axis). `import_tensors` and
 `export_tensors` are the two directions; every layout is tested as a round trip.
+
+Layer: formats (imports only `models`).
 """
 
 from __future__ import annotations
@@ -13,9 +15,13 @@ import json
 import os
 from typing import Any, Iterable, Mapping, Optional, Sequence
 
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
 import numpy as np
+import safetensors.numpy
 
-from ps_jax.models.clip import ClipConfig
+from ps_jax.models.clip import CLIP, ClipConfig
 
 Params = dict
 
@@ -221,8 +227,6 @@ def export_tensors(params: Mapping, entries: Sequence[Entry]) -> dict[str, np.nd
 
 def read_safetensors(path: str) -> dict[str, np.ndarray]:
   """Reads a `.safetensors` file, or a HF sharded checkpoint's `*.index.json` (no pickle)."""
-  import safetensors.numpy  # pylint: disable=g-import-not-at-top
-
   if not os.path.exists(path):
     raise FileNotFoundError(f"No such weights file: {path!r}")
   if path.endswith(".index.json"):
@@ -266,8 +270,6 @@ def load_hf_clip(hf_dir: str, expected: Optional[Mapping] = None) -> tuple[ClipC
 
 def save_hf_clip(params: Mapping, config: ClipConfig, out_dir: str) -> None:
   """Writes config.json + model.safetensors that `transformers.CLIPModel` loads."""
-  import safetensors.numpy  # pylint: disable=g-import-not-at-top
-
   os.makedirs(out_dir, exist_ok=True)
   tensors = export_tensors(params, clip_layout(config))
   safetensors.numpy.save_file(tensors, os.path.join(out_dir, "model.safetensors"),
@@ -278,11 +280,6 @@ def save_hf_clip(params: Mapping, config: ClipConfig, out_dir: str) -> None:
 
 def clip_param_shapes(config: ClipConfig) -> Params:
   """Shape tree (ShapeDtypeStructs) of the plain CLIP params for `config`."""
-  import jax  # pylint: disable=g-import-not-at-top
-  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-  import flax.linen as nn  # pylint: disable=g-import-not-at-top
-  from ps_jax.models.clip import CLIP  # pylint: disable=g-import-not-at-top
-
   ids = jnp.zeros((1, 2), jnp.int32)
   px = jnp.zeros((1, config.vision.image_size, config.vision.image_size, 3), jnp.float32)
   boxed = jax.eval_shape(lambda: CLIP(config).init(jax.random.PRNGKey(0), ids, px))

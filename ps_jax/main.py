@@ -9,14 +9,20 @@ every host: `jax.distributed.initialize()` is called first (auto-detected on TPU
 and SLURM, or from the --coordinator_address / --num_processes / --process_id flags or
 the JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID environment variables).
 launch/ has the scripts that start it on a TPU pod, a SLURM cluster or one machine.
+
+Layer: front end (thin: flags, then `train`, `evaluate` or `retrieval.build`).
 """
 
-import os
 import sys
 
 from absl import app, flags
 from absl import logging as absl_logging
 from ml_collections import config_flags
+
+from ps_jax import distributed, evaluate, experiment, runtime, train
+from ps_jax.data import builders
+from ps_jax.retrieval import build
+from ps_jax.retrieval.model import ModelLoadError
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file.",
                                           lock_config=True)
@@ -38,86 +44,30 @@ _DISTRIBUTED = flags.DEFINE_bool(
 flags.mark_flags_as_required(["config", "workdir"])
 
 
-def _flag_or_env(flag, env_name: str, cast=str):
-  """The flag's value, else the environment variable's, else None."""
-  if flag.value is not None:
-    return flag.value
-  raw = os.environ.get(env_name, "")
-  if not raw:
-    return None
-  try:
-    return cast(raw)
-  except ValueError:
-    raise app.UsageError(f"{env_name}={raw!r} (the default of --{flag.name}) is not "
-                         f"a valid {cast.__name__}") from None
-
-
-def _distributed_args() -> dict:
-  """coordinator_address / num_processes / process_id from flags, else environment."""
-  return {"coordinator_address": _flag_or_env(_COORDINATOR, "JAX_COORDINATOR_ADDRESS"),
-          "num_processes": _flag_or_env(_NUM_PROCESSES, "JAX_NUM_PROCESSES", int),
-          "process_id": _flag_or_env(_PROCESS_ID, "JAX_PROCESS_ID", int)}
-
-
-def _want_distributed(args: dict) -> bool:
-  if _DISTRIBUTED.value is not None:
-    return _DISTRIBUTED.value
-  if args["coordinator_address"] or (args["num_processes"] or 1) > 1:
-    return True
-  env = os.environ
-  return ("SLURM_NTASKS" in env and int(env["SLURM_NTASKS"]) > 1) or (
-      "TPU_WORKER_HOSTNAMES" in env and "," in env["TPU_WORKER_HOSTNAMES"])
-
-
-def _check_workdir(workdir: str) -> None:
-  """Every host must see the same workdir as a file system path (orbax writes each
-  host's shards there; logs and metrics are plain files)."""
-  if "://" in workdir:
-    raise app.UsageError(
-        f"--workdir={workdir}: URLs are not supported yet (metrics and logs are written "
-        "with local file I/O). On several hosts use a directory they all mount at the "
-        "same path (NFS / Filestore, or the bucket through Cloud Storage FUSE).")
-
-
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  _check_workdir(_WORKDIR.value)
   config = _CONFIG.value
   if config.get("retain_host_memory", False):
-    from ps_jax import runtime  # pylint: disable=g-import-not-at-top
-    runtime.retain_freed_memory()  # before JAX's runtime starts its threads
-  import jax  # pylint: disable=g-import-not-at-top
-
-  args = _distributed_args()
-  if _want_distributed(args):
-    try:
-      jax.distributed.initialize(**args)
-    except (ValueError, TypeError) as e:
-      raise app.UsageError(
-          f"jax.distributed.initialize(): {str(e).rstrip('.')}. Outside SLURM and Cloud TPU VMs (where "
-          "they are detected) give --coordinator_address=host:port, --num_processes and "
-          "--process_id (or JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES, JAX_PROCESS_ID); "
-          "--nodistributed runs a single process.") from e
+    # Before the first computation: XLA's runtime starts its threads on first use.
+    runtime.retain_freed_memory()
+  try:
+    distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value,
+                           force=_DISTRIBUTED.value)
+  except distributed.DistributedError as e:
+    raise app.UsageError(f"{e} --nodistributed runs a single process.") from e
   # Our own progress goes to stdout; keep library INFO chatter (orbax, grain) out of it.
   absl_logging.set_verbosity(absl_logging.WARNING)
-  from ps_jax import train  # pylint: disable=g-import-not-at-top
-  from ps_jax.data import builders  # pylint: disable=g-import-not-at-top
-
   try:
     if _MODE.value == "train":
       train.train_and_evaluate(config, _WORKDIR.value)
     elif _MODE.value == "eval":
-      train.evaluate_only(config, _WORKDIR.value)
+      evaluate.evaluate_only(config, _WORKDIR.value)
     else:
-      from ps_jax import index_videos  # pylint: disable=g-import-not-at-top
-      try:
-        index_videos.index_from_config(config, _WORKDIR.value, split=_INDEX_SPLIT.value,
-                                       out=_INDEX_DIR.value, append=_INDEX_APPEND.value)
-      except index_videos.IndexBuildError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
-  except (train.ConfigError, builders.DatasetNotFoundError) as e:
+      build.index_from_config(config, _WORKDIR.value, split=_INDEX_SPLIT.value,
+                              out=_INDEX_DIR.value, append=_INDEX_APPEND.value)
+  except (experiment.ConfigError, builders.DatasetNotFoundError, build.IndexBuildError,
+          ModelLoadError) as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)
 

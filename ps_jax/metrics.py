@@ -1,5 +1,7 @@
 """Retrieval metrics over text and video embeddings: similarity, ranks, R@K, MdR, MnR, DSL.
 
+Layer: foundation (pure numpy; the one file helper is `fileio`).
+
 Protocol (the one of the Prompt Switch / X-Pool / CLIP4Clip evaluation code):
 - t2v: every caption (row of the T x V similarity matrix) ranks all V videos.
 - v2t: every video ranks the V caption groups, a group (the captions of one video) scoring
@@ -18,13 +20,12 @@ Ranks are computed by counting with chunked comparisons (about 16M entries at a 
 
 from __future__ import annotations
 
-import json
 import math
-import os
-import tempfile
 from typing import Mapping, Optional
 
 import numpy as np
+
+from ps_jax import fileio
 
 RECALL_KS = (1, 5, 10, 50)
 METRIC_KEYS = tuple(f"R@{k}" for k in RECALL_KS) + ("MdR", "MnR")
@@ -279,25 +280,12 @@ def metrics_to_json(step: int, num_videos: int, num_texts: int, metrics: Mapping
 
 def write_metrics_json(path: str, step: int, num_videos: int, num_texts: int,
                        metrics: Mapping, dsl_metrics: Optional[Mapping] = None) -> dict:
-  """Writes `metrics_to_json(...)` to `path` atomically (temp file, fsync, rename).
+  """Writes `metrics_to_json(...)` to `path` atomically (`fileio.write_json`).
 
   Returns:
     The record written.
   """
   record = metrics_to_json(step, num_videos, num_texts, metrics, dsl_metrics)
-  directory = os.path.dirname(os.path.abspath(path))
-  os.makedirs(directory, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(prefix=os.path.basename(path) + ".", suffix=".tmp", dir=directory)
-  try:
-    os.chmod(tmp, 0o644)
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-      json.dump(record, f, indent=2)
-      f.write("\n")
-      f.flush()
-      os.fsync(f.fileno())
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.unlink(tmp)
-    raise
+  fileio.makedirs(fileio.as_path(path).parent)
+  fileio.write_json(path, record)
   return record

@@ -1,4 +1,7 @@
-"""Device mesh, logical-axis sharding rules and global batch assembly."""
+"""Device mesh, logical-axis sharding rules, global batch assembly and gathering.
+
+Layer: foundation (jax only).
+"""
 
 from __future__ import annotations
 
@@ -7,6 +10,7 @@ from typing import Any, Mapping, Optional, Sequence
 
 import jax
 import numpy as np
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 MESH_AXES = ("data", "fsdp")
@@ -136,6 +140,14 @@ def global_batch(local: Mapping[str, np.ndarray], mesh: Mesh) -> dict[str, jax.A
   return {k: jax.make_array_from_process_local_data(batch_sharding(mesh, np.ndim(v)),
                                                     np.asarray(v))
           for k, v in local.items()}
+
+
+def gather(x) -> np.ndarray:
+  """A batch-sharded global array -> the whole array in global row order, as numpy, on
+  every process (an all-gather across hosts; a plain copy on one host)."""
+  if jax.process_count() == 1:
+    return np.asarray(x)
+  return np.asarray(multihost_utils.process_allgather(x, tiled=True))
 
 
 def describe(shardings: Any) -> str:

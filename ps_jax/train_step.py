@@ -7,10 +7,15 @@ first without gradients, the loss gradient with respect to the embeddings is tak
 the full similarity matrix, and each micro-batch is then back-propagated with its slice
 of that gradient (the "gradient cache" construction). Peak activation memory is that of
 one micro-batch; the cost is one extra forward pass.
+
+Layer: assembly (imports losses, optim, sharding and data.transforms). `jit_train_step`
+is the one place the step is jitted with its shardings: training, the benchmarks and
+the tests all compile it there.
 """
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Callable, Mapping
 
 import flax
@@ -18,7 +23,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from ps_jax import losses, optim
+from ps_jax import losses, optim, sharding
 from ps_jax.data.transforms import normalize_frames
 
 Array = jax.Array
@@ -158,3 +163,51 @@ def train_step(state: State, batch: Mapping[str, Array], *, model, tx: optax.Gra
              "logit_scale": params["logit_scale"],
              **{f"lr_{k}": s(state["step"]) for k, s in schedules.items()}}
   return new, metrics
+
+
+def make_loss_config(tokenizer, vocab_size: int) -> LossConfig:
+  """The official loss constants for a tokenizer: frequent-word caption weights, EOS id."""
+  weights = losses.caption_class_weights(tokenizer, vocab_size)
+  return LossConfig(jnp.asarray(weights), tokenizer.eos_id, losses.CAPTION_LOSS_MULTIPLIER)
+
+
+BATCH_NDIMS = {"frames": 5, "input_ids": 2, "attention_mask": 2}
+
+
+def jit_train_step(model, tx: optax.GradientTransformation, lc: LossConfig,
+                   schedules: Mapping[str, Callable], state_shardings: Any, mesh, *,
+                   grad_accum_steps: int = 1, ema_decay: float = 0.0, donate: bool = True):
+  """`train_step` jitted over `mesh`: (state, batch) -> (state, metrics).
+
+  The state is placed (and returned) as `state_shardings`; every batch array is split on
+  its leading axis over all mesh axes (`sharding.batch_sharding`); metrics come back
+  replicated. With `donate` the input state's buffers are reused for the output.
+  """
+  step = functools.partial(train_step, model=model, tx=tx, lc=lc, schedules=schedules,
+                           grad_accum_steps=grad_accum_steps, ema_decay=ema_decay)
+  batch = {k: sharding.batch_sharding(mesh, n) for k, n in BATCH_NDIMS.items()}
+  return jax.jit(step, in_shardings=(state_shardings, batch),
+                 out_shardings=(state_shardings, sharding.replicated(mesh)),
+                 donate_argnums=0 if donate else ())
+
+
+def create_state(params, tx: optax.GradientTransformation, rng, ema: bool) -> State:
+  """A fresh train state: step 0, `params`, `tx.init(params)`, `rng` (and an EMA copy)."""
+  state = {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": tx.init(params),
+           "rng": rng}
+  if ema:
+    state["ema_params"] = params
+  return state
+
+
+def state_shardings(mesh, params_sharding: Any, abstract_state: State) -> dict:
+  """Shardings of a train state (`create_state`'s tree, abstract): params and EMA as
+  `params_sharding`, optimizer moments like their params, scalars replicated."""
+  rep = sharding.replicated(mesh)
+  opt = sharding.opt_state_shardings(abstract_state["opt_state"], params_sharding,
+                                     abstract_state["params"], mesh)
+  out = {"step": rep, "params": params_sharding, "opt_state": opt, "rng": rep}
+  if "ema_params" in abstract_state:
+    out["ema_params"] = params_sharding
+  return out
+

@@ -47,7 +47,7 @@ def eval_inputs():
 
 def local_eval_batches(frames, process_index, process_count):
   """This process's slots of every global eval batch, laid out like the eval pipeline
-  (`ps_jax.data.pipeline._EvalVideos`): slot s of process p is video t*G + p*b + s."""
+  (`ps_jax.data.eval_pipeline._EvalVideos`): slot s of process p is video t*G + p*b + s."""
   local = EVAL_BATCH // process_count
   out = []
   for t in range(-(-len(frames) // EVAL_BATCH)):

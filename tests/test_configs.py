@@ -5,7 +5,7 @@ import os
 
 import pytest
 
-from ps_jax import train
+from ps_jax import experiment
 from ps_jax.config_defaults import load_config_file
 
 CONFIGS = sorted(glob.glob(os.path.join(os.path.dirname(__file__), "..", "configs", "*.py")))
@@ -23,9 +23,9 @@ def test_config_validates(path):
   assert load_config_file(path).to_dict() == config.to_dict()  # deterministic
   if config.model.init_from:
     with pytest.raises(ValueError, match="config.model.init_from"):
-      train.validate_config(config, num_devices=8, num_processes=1)
+      experiment.validate_config(config, num_devices=8, num_processes=1)
     config.model.init_from = ""
-  train.validate_config(config, num_devices=8 if config.batch_size % 8 == 0 else 1,
+  experiment.validate_config(config, num_devices=8 if config.batch_size % 8 == 0 else 1,
                         num_processes=1)
 
 

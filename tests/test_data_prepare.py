@@ -11,6 +11,7 @@ import pytest
 
 from ps_jax.data import annotations as A
 from ps_jax.data import builders
+from ps_jax.data import decoding as D
 from ps_jax.data import moving_shapes as M
 from ps_jax.data import pipeline
 from ps_jax.data import prepare as P
@@ -194,7 +195,7 @@ def test_interrupted_prepare_resumes(tmp_path, monkeypatch):
   kwargs = dict(out_dir=str(out), video_dir=str(src / "videos"), anno_dir=str(src),
                 progress=False)
   calls = []
-  real = P._decode_to_cache  # pylint: disable=protected-access
+  real = D.decode_to_cache
 
   def decode_then_stop(task):
     if len(calls) == 4:
@@ -202,7 +203,7 @@ def test_interrupted_prepare_resumes(tmp_path, monkeypatch):
     calls.append(task["video_id"])
     return real(task)
 
-  monkeypatch.setattr(P, "_decode_to_cache", decode_then_stop)
+  monkeypatch.setattr(D, "decode_to_cache", decode_then_stop)
   with pytest.raises(_Interrupt):
     P.prepare("moving_shapes", **kwargs)
   cache = out / P.CACHE_DIR / "moving_shapes-custom-k32-snative"
@@ -210,7 +211,7 @@ def test_interrupted_prepare_resumes(tmp_path, monkeypatch):
   assert not (out / "moving_shapes" / "custom" / "1.0.0").exists()
 
   # Second attempt dies while writing the TFDS files.
-  monkeypatch.setattr(P, "_decode_to_cache", real)
+  monkeypatch.setattr(D, "decode_to_cache", real)
   builder_cls = builders.BUILDERS["moving_shapes"]
   real_generate = builder_cls._generate_examples  # pylint: disable=protected-access
 
@@ -242,16 +243,16 @@ def test_interrupted_prepare_resumes(tmp_path, monkeypatch):
 def test_crashing_decoder_is_isolated_and_skipped(tmp_path):
   tasks = [{"video_id": f"v{i}", "path": f"/nowhere/v{i}.mp4"} for i in range(5)]
   results = {}
-  P.run_tasks(tasks, _die_on_v2, 2, lambda t, r: results.setdefault(t["video_id"], r))
+  D.run_tasks(tasks, _die_on_v2, 2, lambda t, r: results.setdefault(t["video_id"], r))
   assert sorted(results) == ["v0", "v1", "v2", "v3", "v4"]
   assert results["v2"]["reason"] == "decoder_crashed"
   assert all(results[v]["status"] == "ok" for v in ("v0", "v1", "v3", "v4"))
   # Across runs: a video whose decode already killed the process twice is skipped.
   cache = tmp_path / "x.npz"
-  open(str(cache) + ".attempts", "w").write(str(P.MAX_DECODE_ATTEMPTS))
+  open(str(cache) + ".attempts", "w").write(str(D.MAX_DECODE_ATTEMPTS))
   task = {"video_id": "x", "path": "/nowhere", "cache_path": str(cache),
           "frames_per_video": 4, "short_side": None, "threads": 1}
-  r = P._decode_to_cache(task)  # pylint: disable=protected-access
+  r = D.decode_to_cache(task)
   assert r["status"] == "skipped" and r["reason"] == "decoder_crashed"
 
 
@@ -269,7 +270,8 @@ def test_rendered_moving_shapes_via_cli(tmp_path, capsys):
   line = printed.strip().splitlines()[-1]
   assert line.startswith("prepare moving_shapes: written 28 videos (train 16, val 4, test 8)")
   # Nothing is downloaded, and the output does not say otherwise (TFDS's own wording).
-  assert "Downloading" not in printed and "downloaded" not in printed
+  assert "Downloading and preparing" not in printed
+  assert "downloaded and prepared" not in printed
   assert "from local files" in printed and "(nothing is downloaded)" in printed
   version_dir = out / "moving_shapes" / "tiny" / "1.0.0"
   assert M.vocab_path(str(out)) == str(version_dir / M.VOCAB_FILE)

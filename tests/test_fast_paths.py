@@ -10,7 +10,7 @@ import pytest
 from ps_jax import api, optim
 from ps_jax import train_step as ts
 from ps_jax.data.transforms import normalize_frames
-from ps_jax.train import create_state
+from ps_jax.train_step import create_state
 from train_fixtures import OPTIM, VOCAB, tiny_batch, tiny_model
 
 LC = ts.LossConfig(jnp.asarray(np.linspace(0.25, 1.0, VOCAB), jnp.float32), VOCAB - 1)

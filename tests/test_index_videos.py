@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from ps_jax import checkpoints, index_videos, search, train
-from ps_jax import index as index_lib
+from ps_jax.retrieval import store as index_lib
 from ps_jax.data import builders, moving_shapes, prepare
 from train_fixtures import tiny_config
 

@@ -7,7 +7,7 @@ import os
 import numpy as np
 import pytest
 
-from ps_jax import evaluation as ev
+from ps_jax import metrics as ev
 
 
 def test_similarity_is_cosine():

@@ -104,7 +104,6 @@ def test_embeddings_gathered_across_processes_in_order(result):
 
 
 @pytest.mark.parametrize("args,env,message", [
-    (["--workdir", "gs://bucket/run"], {}, "--workdir=gs://bucket/run: URLs are not supported"),
     (["--coordinator_address", "localhost:1"], {},
      "Number of processes must be defined. Outside SLURM and Cloud TPU VMs"),
     ([], {"JAX_NUM_PROCESSES": "two"},

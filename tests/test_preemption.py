@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 import ps_jax
-from ps_jax import checkpoints, train
+from ps_jax import checkpoints, reporting
 from train_fixtures import REPO, TINY_CONFIG
 
 # 12 steps; validation at 4, 8, 12; checkpoints at 3, 4, 6, 8, 9, 12 (keep the latest
@@ -55,7 +55,7 @@ def reference(data_root, tmp_path_factory):
 
 
 def _history(workdir):
-  return train.read_history(os.path.join(workdir, "history.jsonl"))
+  return reporting.read_history(os.path.join(workdir, "history.jsonl"))
 
 
 def _steps(workdir, kind):
@@ -109,12 +109,7 @@ def _start_and_kill(workdir, data_root, condition, log):
 
 
 def _restore(workdir, step):
-  model = ps_jax.load_model(workdir)[0]
-  ckpt = checkpoints.Checkpointer(workdir, async_save=False, read_only=True)
-  try:
-    return jax.device_get(ckpt.restore_params(step, ps_jax.api.param_shapes(model)))
-  finally:
-    ckpt.close()
+  return jax.device_get(ps_jax.api.load_model_dir(workdir, step=step)[1])
 
 
 def _without_timing(rows):

@@ -8,7 +8,7 @@ import textwrap
 import numpy as np
 import pytest
 
-from ps_jax import index as index_lib
+from ps_jax.retrieval import store as index_lib
 from ps_jax import search
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -6,7 +6,7 @@ import os
 import numpy as np
 import pytest
 
-from ps_jax import index as ix
+from ps_jax.retrieval import store as ix
 
 FP = "sha256:" + "ab" * 32
 

@@ -10,7 +10,9 @@ import numpy as np
 import pytest
 
 import ps_jax
-from ps_jax import checkpoints, sharding, train
+from ps_jax import checkpoints, evaluate, experiment, reporting, sharding, train
+from ps_jax.retrieval import build, store
+from ps_jax.retrieval.model import model_fingerprint
 from train_fixtures import run_steps, tiny_batch, tiny_config, tiny_model
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -58,12 +60,12 @@ def test_sharded_step_equals_single_device_step():
 ])
 def test_inconsistent_configs_fail_before_any_compute(overrides, match):
   with pytest.raises(ValueError, match=match.replace("(", r"\(").replace(")", r"\)")):
-    train.validate_config(tiny_config(**overrides), num_devices=1, num_processes=1)
+    experiment.validate_config(tiny_config(**overrides), num_devices=1, num_processes=1)
 
 
 def test_batch_must_divide_over_devices():
   with pytest.raises(ValueError, match="divisible by the 16 devices"):
-    train.validate_config(tiny_config(), num_devices=16, num_processes=2)
+    experiment.validate_config(tiny_config(), num_devices=16, num_processes=2)
 
 
 @pytest.fixture(scope="module")
@@ -144,7 +146,7 @@ def test_eval_mode_and_load_model_from_a_workdir(data_root, tmp_path):
   cfg = tiny_config(**{"data.dir": data_root, "num_train_steps": 3, "eval_every_steps": 3})
   trained = train.train_and_evaluate(cfg, workdir)
   os.remove(os.path.join(workdir, "metrics.json"))
-  again = train.evaluate_only(cfg, workdir)
+  again = evaluate.evaluate_only(cfg, workdir)
   assert again["t2v"] == trained["t2v"]
   model, params = ps_jax.load_model(workdir)
   frames = np.zeros((1, 8, 32, 32, 3), np.float32)
@@ -158,8 +160,8 @@ def test_twin_accuracy():
   sim = np.array([[.9, .1, 0, 0], [.2, .8, 0, 0], [0, 0, .5, .5], [0, 0, .7, .3],
                   [0, 0, .2, .4]])
   # caption 0 and 1 right, 2 a tie (half), 3 wrong, 4 right -> 3.5 / 5.
-  assert train.twin_accuracy(sim, t2v, ids) == pytest.approx(70.0)
-  assert train.twin_accuracy(sim, t2v, ["x", "y", "z", "w"]) is None
+  assert evaluate.twin_accuracy(sim, t2v, ids) == pytest.approx(70.0)
+  assert evaluate.twin_accuracy(sim, t2v, ["x", "y", "z", "w"]) is None
 
 
 # Validation t2v R@1 injected per step: the best (40) is reached at step 4 and tied at
@@ -169,14 +171,14 @@ SCRIPTED_VAL_R1 = {2: 10.0, 4: 40.0, 6: 40.0, 8: 20.0}
 
 
 def _script_validation(monkeypatch):
-  real = train.write_eval
+  real = evaluate.report
 
-  def write_eval(setup, step, split, result, *args, **kwargs):
+  def report(setup, step, split, result, *args, **kwargs):
     if split == setup.config.data.val_split:
       result["metrics"]["t2v"]["R@1"] = SCRIPTED_VAL_R1[step]
     return real(setup, step, split, result, *args, **kwargs)
 
-  monkeypatch.setattr(train, "write_eval", write_eval)
+  monkeypatch.setattr(evaluate, "report", report)
 
 
 def _selection_config(data_root, **overrides):
@@ -185,12 +187,7 @@ def _selection_config(data_root, **overrides):
 
 
 def _params_at(workdir, step):
-  model = ps_jax.load_model(workdir)[0]
-  ckpt = checkpoints.Checkpointer(workdir, async_save=False, read_only=True)
-  try:
-    return jax.device_get(ckpt.restore_params(step, ps_jax.api.param_shapes(model)))
-  finally:
-    ckpt.close()
+  return jax.device_get(ps_jax.api.load_model_dir(workdir, step=step)[1])
 
 
 def _assert_trees_equal(a, b):
@@ -212,22 +209,21 @@ def _assert_selected_step_4(workdir, record, data_root):
   assert any(not np.array_equal(x, y) for x, y in
              zip(jax.tree_util.tree_leaves(p4), jax.tree_util.tree_leaves(p8)))
   cfg = _selection_config(data_root)
-  setup = train.build_setup(cfg, workdir)
+  setup = experiment.build_setup(cfg, workdir)
   for step, params in ((4, p4), (8, p8)):
-    result = train.evaluate_split(setup, jax.device_put(params, setup.params_sharding),
+    result = evaluate.evaluate_split(setup, jax.device_put(params, setup.params_sharding),
                                   cfg.data.test_split)
     if step == 4:
       assert result["metrics"]["t2v"] == record["t2v"]
       assert result["metrics"]["v2t"] == record["v2t"]
   # load_model(workdir), --mode eval and --mode index use the same checkpoint.
   _assert_trees_equal(jax.device_get(ps_jax.load_model(workdir)[1]), p4)
-  again = train.evaluate_only(cfg, workdir)
+  again = evaluate.evaluate_only(cfg, workdir)
   assert again["step"] == 4 and again["t2v"] == record["t2v"]
-  from ps_jax import index as index_lib, index_videos  # pylint: disable=g-import-not-at-top
-  index_videos.index_from_config(cfg, workdir, out=os.path.join(workdir, "index"))
+  build.index_from_config(cfg, workdir, out=os.path.join(workdir, "index"))
   model = ps_jax.load_model(workdir)[0]
-  assert (index_lib.load_index(os.path.join(workdir, "index")).fingerprint
-          == index_videos.model_fingerprint(model, p4))
+  assert (store.load_index(os.path.join(workdir, "index")).fingerprint
+          == model_fingerprint(model, p4))
 
 
 def test_the_final_test_uses_the_best_validation_step_not_the_last(
@@ -250,7 +246,7 @@ def test_the_best_step_from_before_a_resume_still_wins(data_root, tmp_path, monk
                                   workdir) == {}
   record = train.train_and_evaluate(_selection_config(data_root), workdir)
   _assert_selected_step_4(workdir, record, data_root)
-  history = train.read_history(os.path.join(workdir, "history.jsonl"))
+  history = reporting.read_history(os.path.join(workdir, "history.jsonl"))
   assert [r["step"] for r in history if r["kind"] == "train"] == list(range(1, 9))
   assert [r["step"] for r in history if r["kind"] == "eval"] == [2, 4, 6, 8]
   assert [r["step"] for r in history if r["kind"] == "test"] == [4]

@@ -10,7 +10,6 @@ from ps_jax import api, optim, sharding
 from ps_jax import train_step as ts
 from ps_jax.config_defaults import load_config_file
 from ps_jax.models.clip import ClipConfig, TextConfig, VisionConfig, logical_axes
-from ps_jax.train import create_state
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY_CONFIG = os.path.join(REPO, "tests", "configs", "tiny.py")
@@ -63,24 +62,14 @@ def make_train_step(model, mesh, example_batch, rules=(("embed", "fsdp"),),
   shapes = api.param_shapes(model)
   ps = sharding.param_shardings(logical_axes(model, *api.dummy_inputs(model)), shapes, mesh,
                                 dict(rules))
-  params = jax.jit(lambda r: api.init_model_params(model, r),  # jitted: eager init is slow
-                   out_shardings=ps)(jax.random.PRNGKey(0))
+  params = jax.device_put(api.init_model_params(model, jax.random.PRNGKey(0)), ps)
   rng = jax.random.PRNGKey(1)
-  abstract = jax.eval_shape(lambda: create_state(shapes, tx, rng, ema_decay > 0))
-  rep = sharding.replicated(mesh)
-  shard = {"step": rep, "params": ps, "rng": rep,
-           "opt_state": sharding.opt_state_shardings(abstract["opt_state"], ps,
-                                                     abstract["params"], mesh)}
-  if ema_decay > 0:
-    shard["ema_params"] = ps
-  state = jax.jit(lambda p: create_state(p, tx, rng, ema_decay > 0), out_shardings=shard)(params)
-  step = jax.jit(lambda s, b: ts.train_step(s, b, model=model, tx=tx, lc=lc,
-                                            schedules=schedules,
-                                            grad_accum_steps=grad_accum_steps,
-                                            ema_decay=ema_decay),
-                 in_shardings=(shard, {k: sharding.batch_sharding(mesh, v.ndim)
-                                       for k, v in example_batch.items()}),
-                 out_shardings=(shard, rep), donate_argnums=0)
+  abstract = jax.eval_shape(lambda: ts.create_state(shapes, tx, rng, ema_decay > 0))
+  shard = ts.state_shardings(mesh, ps, abstract)
+  state = jax.jit(lambda p: ts.create_state(p, tx, rng, ema_decay > 0),
+                  out_shardings=shard)(params)
+  step = ts.jit_train_step(model, tx, lc, schedules, shard, mesh,
+                           grad_accum_steps=grad_accum_steps, ema_decay=ema_decay)
   return state, step, shard
 
 

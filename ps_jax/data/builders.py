@@ -16,19 +16,26 @@ written video of its split. Next to the TFDS files, `ps_jax_index.json` holds ev
 split's video ids and captions (so the training pipeline can enumerate (video,
 caption) pairs without reading frames) and the virtual splits: for MSR-VTT and LSMDC
 `train` is the official training set minus a seeded hold-out, `val` is the hold-out and
-`train_full` the whole official training set.
+`train_full` the whole official training set. `write_dataset` writes such a directory
+(the prepare step's write phase).
+
+Layer: data (TFDS only).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import glob
 import json
 import os
 import re
+import shutil
+import tempfile
 from typing import Callable, Mapping, Sequence
 
 import numpy as np
 import tensorflow_datasets as tfds
+from tensorflow_datasets.core.utils import tqdm_utils
 
 INDEX_FILE = "ps_jax_index.json"
 INDEX_FORMAT = 1
@@ -253,3 +260,86 @@ def load_split(data_dir: str, dataset_name: str, split: str) -> SplitData:
                    video_ids=[physical["video_ids"][r] for r in records],
                    captions=[tuple(physical["captions"][r]) for r in records],
                    index=index)
+
+
+# ----------------------------------------------------------------------------- writing
+
+
+def virtual_splits(written: Mapping[str, Sequence[str]],
+                   holdout_ids: Sequence[str] | None) -> dict:
+  """Split name -> {"source": physical split, "records": record indices or None (all)}.
+
+  With a hold-out (MSR-VTT, LSMDC): "train" = training videos not held out, "val" =
+  held-out ones, "train_full" = all training videos. Otherwise one entry per split.
+  """
+  splits = {s: {"source": s, "records": None} for s in written}
+  if holdout_ids is not None and "train" in written:
+    held = set(holdout_ids)
+    train = written["train"]
+    splits["train_full"] = {"source": "train", "records": None}
+    if held:
+      splits["train"] = {"source": "train",
+                         "records": [i for i, v in enumerate(train) if v not in held]}
+      splits["val"] = {"source": "train",
+                       "records": [i for i, v in enumerate(train) if v in held]}
+  return splits
+
+
+def dataset_version_dir(out_dir: str, dataset: str, config: str | None) -> str:
+  """Where `write_dataset` puts a dataset: out_dir/<dataset>[/<config>]/<version>."""
+  return os.path.join(out_dir, dataset, *([config] if config else []),
+                      str(BUILDERS[dataset].VERSION))
+
+
+def write_dataset(out_dir: str, dataset: str,
+                  videos: Mapping[str, Sequence[PlannedVideo]], *,
+                  config: str | None = None, settings: dict | None = None,
+                  holdout_ids: Sequence[str] | None = None,
+                  extra_files: Mapping[str, str] | None = None,
+                  progress: bool = True) -> str:
+  """Writes videos as a TFDS ArrayRecord dataset plus its `ps_jax_index.json`.
+
+  This is the prepare step's write phase; it also serves datasets made in memory
+  (dataset "synthetic").
+
+  Args:
+    out_dir: TFDS data_dir.
+    dataset: a key of `BUILDERS`.
+    videos: physical split -> PlannedVideo list (record order); empty splits are left out.
+    config: builder config name (e.g. "9k"), None for builders without configs.
+    settings: recorded in the index; a later prepare with other settings refuses to
+      reuse the directory.
+    holdout_ids: training video ids held out for validation (see `virtual_splits`).
+    extra_files: {file name: text} written next to the dataset (e.g. vocab.json).
+    progress: show TFDS's progress bars.
+
+  Returns:
+    The dataset version directory.
+  """
+  plan = {split: list(v) for split, v in videos.items() if v}
+  if not plan:
+    raise ValueError(f"Nothing to write for {dataset}: every split is empty")
+  written = {split: [v.video_id for v in items] for split, items in plan.items()}
+  index = {"format": INDEX_FORMAT, "dataset": dataset, "config": config,
+           "settings": settings or {},
+           "physical": {split: {"video_ids": written[split],
+                                "captions": [list(v.captions) for v in items]}
+                        for split, items in plan.items()},
+           "splits": virtual_splits(written, holdout_ids)}
+  version_dir = dataset_version_dir(out_dir, dataset, config)
+  for stale in glob.glob(os.path.join(os.path.dirname(version_dir), "incomplete.*")):
+    shutil.rmtree(stale, ignore_errors=True)  # left by a killed write
+  os.makedirs(out_dir, exist_ok=True)
+  download_dir = tempfile.mkdtemp(prefix="tfds_downloads_", dir=out_dir)
+  bars = tqdm_utils._active  # pylint: disable=protected-access
+  tqdm_utils.display_progress_bar(progress and bars)
+  try:
+    builder = BUILDERS[dataset](data_dir=out_dir, config=config, plan=plan, index=index,
+                                extra_files=extra_files)
+    builder.download_and_prepare(
+        download_dir=download_dir,
+        download_config=tfds.download.DownloadConfig(try_download_gcs=False))
+  finally:
+    tqdm_utils.display_progress_bar(bars)
+    shutil.rmtree(download_dir, ignore_errors=True)
+  return version_dir

@@ -31,6 +31,8 @@ from typing import Iterator, Sequence
 import numpy as np
 
 from ps_jax import tokenizer as tokenizer_lib
+from ps_jax.data import builders
+from ps_jax.data import video as video_lib
 
 ANNOTATION_FILE = "moving_shapes.json"
 VOCAB_FILE = "vocab.json"
@@ -159,7 +161,6 @@ def vocab_path(data_dir: str, dataset_name: str = "moving_shapes") -> str:
 
   `ps_jax.tokenizer.load_tokenizer(vocab_path(data_dir))` gives its WordTokenizer.
   """
-  from ps_jax.data import builders  # pylint: disable=g-import-not-at-top
   return os.path.join(builders.dataset_dir(data_dir, dataset_name), VOCAB_FILE)
 
 
@@ -300,8 +301,6 @@ def write_mp4_dataset(out_dir: str, cfg: MovingShapesConfig, *, fps: int = 8,
   Returns:
     The annotation dict (also written to `out_dir/moving_shapes.json`).
   """
-  from ps_jax.data import video as video_lib  # pylint: disable=g-import-not-at-top
-
   cfg.validate()
   video_dir = os.path.join(out_dir, "videos")
   os.makedirs(video_dir, exist_ok=True)

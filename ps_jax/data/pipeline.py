@@ -1,5 +1,7 @@
 """grain input pipelines over prepared (TFDS ArrayRecord) datasets: training and evaluation.
 
+Layer: data. Training lives here; evaluation in `eval_pipeline` (re-exported here).
+
 Training (`make_train_loader`): one example per (video, caption) pair, every pair at
 most once per epoch, in a seeded per-epoch order whose global batches never hold the
 same video twice (`distinct_video_batches`). Frames are sampled with the chunked `rand`
@@ -29,13 +31,13 @@ import collections
 import dataclasses
 import sys
 import threading
-from typing import Any, Sequence
+from typing import Sequence
 
 import grain
 import numpy as np
 
-from ps_jax.data import builders
-from ps_jax.data import transforms
+from ps_jax.data import builders, reading, transforms
+from ps_jax.data.eval_pipeline import EvalData, make_eval_data  # noqa: F401  (re-exported)
 from ps_jax.data.transforms import normalize_frames  # noqa: F401  (re-exported)
 
 _ORDER_SALT = 0x70616972  # separates the ordering stream from the augmentation streams
@@ -158,52 +160,6 @@ def distinct_video_batches(caption_counts: Sequence[int], batch_size: int, seed:
 # ----------------------------------------------------------------------------- datasets
 
 
-def _resolve_shards(shard_index, shard_count):
-  if shard_index is None or shard_count is None:
-    import jax  # pylint: disable=g-import-not-at-top
-    shard_index = jax.process_index() if shard_index is None else shard_index
-    shard_count = jax.process_count() if shard_count is None else shard_count
-  if not 0 <= shard_index < shard_count:
-    raise ValueError(f"shard_index {shard_index} not in [0, shard_count={shard_count})")
-  return int(shard_index), int(shard_count)
-
-
-class _Frames:
-  """Reads stored frames of a record; opens the TFDS data source lazily per process."""
-
-  def __init__(self, split: builders.SplitData):
-    self.version_dir, self.physical_split = split.version_dir, split.physical_split
-    self._source = None
-    self._lock = threading.Lock()
-
-  def __getstate__(self):
-    return {"version_dir": self.version_dir, "physical_split": self.physical_split}
-
-  def __setstate__(self, state):
-    self.__dict__.update(state)
-    self._source = None
-    self._lock = threading.Lock()
-
-  def __call__(self, record: int) -> np.ndarray:
-    if self._source is None:
-      with self._lock:
-        if self._source is None:
-          import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
-          builder = tfds.builder_from_directory(self.version_dir)
-          self._source = builder.as_data_source(split=self.physical_split)
-    return self._source[int(record)]["frames"]
-
-
-class ReadFrames(grain.transforms.Map):
-  """element["record"] -> element["frames"] uint8[K, H, W, 3] from the prepared dataset."""
-
-  def __init__(self, frames: _Frames):
-    self.frames = frames
-
-  def map(self, element: dict[str, Any]) -> dict[str, Any]:
-    return element | {"frames": self.frames(element["record"])}
-
-
 class _TrainPairs(grain.MapDataset):
   """Local example k -> {"record", "caption", "rng"} of this process's batch slots."""
 
@@ -298,35 +254,6 @@ class TrainLoader:
     return iter(self.dataset)
 
 
-def _check_common(global_batch_size, shard_count, num_frames, num_prompts, image_size,
-                  max_len):
-  if global_batch_size < 1 or global_batch_size % shard_count:
-    raise ValueError(f"global_batch_size ({global_batch_size}) must be a positive multiple "
-                     f"of shard_count ({shard_count})")
-  if num_prompts < 1 or num_frames < 1 or num_frames % num_prompts:
-    raise ValueError(f"num_frames ({num_frames}) must be a positive multiple of "
-                     f"num_prompts ({num_prompts})")
-  if image_size < 1:
-    raise ValueError(f"image_size must be >= 1, got {image_size}")
-  if max_len < 2:
-    raise ValueError(f"max_len must be >= 2 (BOS and EOS), got {max_len}")
-
-
-def _to_iter(ds: grain.MapDataset, worker_count: int, read_threads: int,
-             prefetch_batches: int) -> grain.IterDataset:
-  it = ds.to_iter_dataset(grain.ReadOptions(num_threads=read_threads,
-                                            prefetch_buffer_size=prefetch_batches))
-  if worker_count > 0:
-    from absl import flags  # pylint: disable=g-import-not-at-top
-    if not flags.FLAGS.is_parsed():
-      # grain 0.2.x reads its absl flags when starting workers; outside an absl app
-      # nothing parses them, so take their defaults.
-      flags.FLAGS.mark_as_parsed()
-    it = it.mp_prefetch(grain.MultiprocessingOptions(
-        num_workers=worker_count, per_worker_buffer_size=prefetch_batches))
-  return it
-
-
 def make_train_loader(data_dir: str, dataset_name: str, split: str, *, tokenizer,
                       global_batch_size: int, num_frames: int, num_prompts: int,
                       image_size: int, max_len: int, seed: int,
@@ -363,135 +290,21 @@ def make_train_loader(data_dir: str, dataset_name: str, split: str, *, tokenizer
     TrainLoader yielding {"frames": uint8[b, F, S, S, 3], "input_ids": int32[b, L],
     "attention_mask": int32[b, L]}, b = G / shard_count.
   """
-  shard_index, shard_count = _resolve_shards(shard_index, shard_count)
-  _check_common(global_batch_size, shard_count, num_frames, num_prompts, image_size, max_len)
+  shard_index, shard_count = reading.resolve_shards(shard_index, shard_count)
+  reading.check_common(global_batch_size, shard_count, num_frames, num_prompts, image_size, max_len)
   split_data = builders.load_split(data_dir, dataset_name, split)
   pairs = _TrainPairs(split_data, global_batch_size, shard_index, shard_count, seed,
                       num_epochs, group_size)
   local = global_batch_size // shard_count
   ds = (pairs
-        .map(ReadFrames(_Frames(split_data)))
+        .map(reading.ReadFrames(reading.StoredFrames(split_data)))
         .map(transforms.SampleFrames(num_frames, num_prompts, "rand"))
         .map(transforms.RandomResizedCropFlip(image_size, crop_scale, crop_ratio, flip_prob))
         .map(transforms.TokenizeCaption(tokenizer, max_len))
         .map(transforms.SelectKeys(("frames", "input_ids", "attention_mask")))
         .batch(local, drop_remainder=True))
   num_pairs = sum(len(c) for c in split_data.captions)
-  return TrainLoader(dataset=_to_iter(ds, worker_count, read_threads, prefetch_batches),
+  return TrainLoader(dataset=reading.to_iter(ds, worker_count, read_threads, prefetch_batches),
                      steps_per_epoch=pairs.steps_per_epoch, num_pairs=num_pairs,
                      pairs_per_epoch=pairs.steps_per_epoch * global_batch_size,
                      num_videos=split_data.num_videos, local_batch_size=local)
-
-
-class _EvalVideos(grain.MapDataset):
-  """Local slot k -> {"record", "video_index", "mask"} of this process's eval slots."""
-
-  def __init__(self, records: np.ndarray, global_batch_size: int, shard_index: int,
-               shard_count: int):
-    super().__init__()
-    self._records = records
-    self._g = global_batch_size
-    self._local = global_batch_size // shard_count
-    self._offset = shard_index * self._local
-    self.num_batches = -(-len(records) // global_batch_size)
-
-  def __len__(self) -> int:
-    return self.num_batches * self._local
-
-  def __getitem__(self, index):
-    if isinstance(index, slice):
-      return self.slice(index)
-    if not 0 <= index < len(self):
-      raise IndexError(f"index {index} out of range [0, {len(self)})")
-    t, slot = divmod(int(index), self._local)
-    v = t * self._g + self._offset + slot
-    if v < len(self._records):
-      return {"record": int(self._records[v]), "video_index": np.int32(v),
-              "mask": np.bool_(True)}
-    return {"record": -1, "video_index": np.int32(-1), "mask": np.bool_(False)}
-
-
-class _EvalFrames(grain.transforms.Map):
-  """Reads, samples (`uniform`) and resizes + centre-crops; zero frames for padding."""
-
-  def __init__(self, frames: _Frames, num_frames: int, num_prompts: int, image_size: int):
-    self.frames = frames
-    self.sample = transforms.SampleFrames(num_frames, num_prompts, "uniform")
-    self.crop = transforms.ResizeCenterCrop(image_size)
-    self.shape = (num_frames, image_size, image_size, 3)
-
-  def map(self, element: dict[str, Any]) -> dict[str, Any]:
-    if element["record"] < 0:
-      frames = np.zeros(self.shape, np.uint8)
-    else:
-      e = self.crop.map(self.sample.map({"frames": self.frames(element["record"])}))
-      frames = e["frames"]
-    return {"frames": frames, "video_index": element["video_index"],
-            "mask": element["mask"]}
-
-
-@dataclasses.dataclass
-class EvalData:
-  """Evaluation videos (per-process batches) and all captions of a split.
-
-  Attributes:
-    videos: grain IterDataset of {"frames": uint8[b, F, S, S, 3], "video_index":
-      int32[b], "mask": bool[b]}; iterating it again starts over.
-    num_videos: V; num_batches: global batches (the last one padded).
-    local_batch_size: b.
-    video_ids: V ids, position = video_index.
-    captions: T caption strings (all captions of every video, video by video).
-    input_ids, attention_mask: int32[T, L]; text_to_video: int32[T] video_index of
-      each caption.
-  """
-  videos: grain.IterDataset
-  num_videos: int
-  num_batches: int
-  local_batch_size: int
-  video_ids: list[str]
-  captions: list[str]
-  input_ids: np.ndarray
-  attention_mask: np.ndarray
-  text_to_video: np.ndarray
-
-  def __iter__(self):
-    return iter(self.videos)
-
-
-def make_eval_data(data_dir: str, dataset_name: str, split: str, *, tokenizer,
-                   global_batch_size: int, num_frames: int, num_prompts: int,
-                   image_size: int, max_len: int, worker_count: int = 0,
-                   shard_index: int | None = None, shard_count: int | None = None,
-                   read_threads: int = 1, prefetch_batches: int = 2) -> EvalData:
-  """Evaluation data: every video of the split once, plus all its captions.
-
-  Args:
-    data_dir, dataset_name, split: as for `make_train_loader` ("val", "test", ...).
-    tokenizer, max_len: caption tokenization (L).
-    global_batch_size: G videos per global batch (padded at the end).
-    num_frames: F = C * P (`uniform` sampling); num_prompts: P.
-    image_size: S (bicubic short-side resize to S, centre crop S x S).
-    worker_count, shard_index, shard_count, read_threads, prefetch_batches: as for
-      `make_train_loader`.
-
-  Returns:
-    EvalData (see its docstring for the layouts).
-  """
-  shard_index, shard_count = _resolve_shards(shard_index, shard_count)
-  _check_common(global_batch_size, shard_count, num_frames, num_prompts, image_size, max_len)
-  split_data = builders.load_split(data_dir, dataset_name, split)
-  if split_data.num_videos == 0:
-    raise ValueError(f"Split {split!r} of {split_data.version_dir!r} has no video")
-  videos = _EvalVideos(split_data.records, global_batch_size, shard_index, shard_count)
-  local = global_batch_size // shard_count
-  ds = (videos.map(_EvalFrames(_Frames(split_data), num_frames, num_prompts, image_size))
-        .batch(local, drop_remainder=True))
-  captions = [c for caps in split_data.captions for c in caps]
-  text_to_video = np.asarray([i for i, caps in enumerate(split_data.captions)
-                              for _ in caps], np.int32)
-  ids, mask = tokenizer(captions, max_len)
-  return EvalData(videos=_to_iter(ds, worker_count, read_threads, prefetch_batches),
-                  num_videos=split_data.num_videos, num_batches=videos.num_batches,
-                  local_batch_size=local, video_ids=list(split_data.video_ids),
-                  captions=captions, input_ids=np.asarray(ids, np.int32),
-                  attention_mask=np.asarray(mask, np.int32), text_to_video=text_to_video)

@@ -1,5 +1,7 @@
 """On-disk video embedding index: ids.json + embeddings.npy + meta.json in one directory.
 
+Layer: foundation (numpy only). The index is a local directory (it is memory-mapped).
+
 Layout (format version 1):
 - `ids.json`: JSON list of N unique video id strings, row order of the embeddings.
 - `embeddings.npy`: float16 (default) or float32 [N, E], every row L2-normalised.

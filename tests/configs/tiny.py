@@ -20,6 +20,7 @@ def get_config():
                              num_hidden_layers=2, num_attention_heads=2)
   c.model.clip.projection_dim = 32
   c.data.name = "moving_shapes/tiny"
+  c.data.worker_count = 0  # in-process reading: no worker processes to leave behind
   c.batch_size = 8
   c.eval_batch_size = 8
   c.num_train_steps = 6

@@ -1,0 +1,155 @@
+"""Evaluation jobs: a split's retrieval metrics, the test of the selected checkpoint, and
+`--mode eval`.
+
+Layer: jobs (imports experiment assembly, embed, checkpoints, metrics, reporting and the
+data pipeline). Metrics are the paper's (`ps_jax.metrics`): R@1/5/10/50, MdR, MnR in
+both directions, DSL only when asked for and labelled; moving_shapes adds the twin
+accuracy.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import jax
+import numpy as np
+
+from ps_jax import checkpoints, embed, experiment, fileio, metrics, reporting
+from ps_jax.data import pipeline
+from ps_jax.experiment import ConfigError, Setup
+
+METRICS_FILE = "metrics.json"
+
+
+def twin_accuracy(sim: np.ndarray, text_to_video: np.ndarray, video_ids) -> Optional[float]:
+  """moving_shapes: % of captions scoring their own clip above its time-reversed twin.
+
+  Twins ("...f" / "...r") hold the same frames in opposite order, so 50% is what any
+  model blind to frame order gets. None when the ids have no twins.
+  """
+  where = {v: i for i, v in enumerate(video_ids)}
+  twin = np.array([where.get(v[:-1] + {"f": "r", "r": "f"}.get(v[-1:], "?"), -1)
+                   for v in video_ids])
+  if (twin < 0).any():
+    return None
+  rows = np.arange(len(text_to_video))
+  diff = sim[rows, text_to_video] - sim[rows, twin[text_to_video]]
+  ties = np.abs(diff) <= 1e-6  # an order-blind model scores twins equally: half credit
+  return float(100.0 * np.mean(np.where(ties, 0.5, diff > 0)))
+
+
+def evaluate_split(setup: Setup, params, split: str, encoders=None) -> dict:
+  """Embeds every video and caption of `split` once and computes the paper's metrics.
+
+  Args:
+    setup: `experiment.build_setup`'s result; params: placed like setup.params_sharding.
+    encoders: `embed.make_encoders(...)` to reuse (compiled once for a whole run).
+
+  Returns:
+    {"metrics", "dsl" (or None), "num_videos", "num_texts", "twin_acc" (or None)}.
+  """
+  c = setup.config
+  data = pipeline.make_eval_data(
+      setup.data_root, c.data.name, split, tokenizer=setup.tokenizer,
+      global_batch_size=c.eval_batch_size, num_frames=c.data.eval_num_frames,
+      num_prompts=c.model.num_prompts or c.data.eval_num_frames, image_size=c.data.image_size,
+      max_len=c.data.max_len, worker_count=c.data.worker_count)
+  encode_video, encode_text = encoders or embed.make_encoders(setup.model, setup.mesh,
+                                                              setup.params_sharding)
+  videos = embed.embed_videos(encode_video, params, data.videos, data.num_videos, setup.mesh)
+  texts = embed.embed_texts(encode_text, params, data.input_ids, data.attention_mask,
+                            c.eval_batch_size, setup.mesh)
+  result, dsl = metrics.evaluate(texts, videos, data.text_to_video, dsl=c.dsl)
+  sim = metrics.similarity(texts, videos)
+  return {"metrics": result, "dsl": dsl, "num_videos": data.num_videos,
+          "num_texts": len(texts), "twin_acc": twin_accuracy(sim, data.text_to_video,
+                                                             data.video_ids)}
+
+
+def report(setup: Setup, step: int, split: str, result: dict, writer=None,
+           selected_on: Optional[str] = None,
+           selection: Optional[checkpoints.Selection] = None) -> dict:
+  """Prints the table and logs scalars (process 0); a final result (`selected_on`
+  given: the test of the selected checkpoint, or `--mode eval`) also goes to
+  `<workdir>/metrics.json`.
+
+  `selection`, when the checkpoint was chosen on validation, is recorded as
+  {"step", "val_t2v_R@1", "num_validated"} under "selection". Returns the record."""
+  record = metrics.metrics_to_json(step, result["num_videos"], result["num_texts"],
+                                   result["metrics"], result["dsl"])
+  record["split"] = split
+  if selected_on:
+    record["checkpoint_selected_on"] = selected_on
+  if selection is not None and selection.value is not None:
+    record["selection"] = {"step": selection.step, checkpoints.BEST_METRIC: selection.value,
+                           "num_validated": selection.num_validated}
+  if result["twin_acc"] is not None:
+    record["twin_acc"] = result["twin_acc"]
+  if jax.process_index() != 0:
+    return record
+  title = f"{split} split, step {step}" + (
+      f", checkpoint selected on {selected_on}" if selected_on else "")
+  print(f"\n{title}\n" + metrics.format_table(result["metrics"], result["dsl"]), flush=True)
+  if result["twin_acc"] is not None:
+    print(f"twin accuracy (own clip above its time-reversed twin): "
+          f"{result['twin_acc']:.1f}% (50% = blind to frame order)", flush=True)
+  if selected_on:  # a final result (not a periodic validation): <workdir>/metrics.json
+    fileio.write_json(fileio.join(setup.workdir, METRICS_FILE), record)
+  if writer is not None:
+    scalars = {f"{d}_{k.replace('@', '')}": v for d in ("t2v", "v2t")
+               for k, v in result["metrics"][d].items()}
+    if result["twin_acc"] is not None:
+      scalars["twin_acc"] = result["twin_acc"]
+    writer.write_scalars(step, scalars, prefix=split, kind=None)
+  return record
+
+
+def final_test(setup: Setup, ckpt: checkpoints.Checkpointer, params, step: int,
+               writer: Optional[reporting.MetricWriter] = None, key: str = "params") -> dict:
+  """Test metrics of the checkpoint selected on validation (`Checkpointer.selected`), or
+  of the last step (`params`, `step`) when config.select_on == "test" (labelled so)."""
+  c = setup.config
+  selection = ckpt.selected() if c.select_on == "val" and c.data.val_split else None
+  if selection is not None and selection.value is not None:
+    step = selection.step
+    params = ckpt.restore_params(step, experiment.abstract_params(setup), key)
+    selected = f"{c.data.val_split}: {selection.describe()}"
+  else:
+    selection = None
+    selected = "test (the last step; selecting on test flatters the numbers)"
+  result = evaluate_split(setup, params, c.data.test_split)
+  record = report(setup, step, c.data.test_split, result, writer, selected_on=selected,
+                  selection=selection)
+  if writer is not None:
+    writer.write_record(step, record, kind="test")
+  return record
+
+
+def evaluate_only(config, workdir: str) -> dict:
+  """`--mode eval`: the workdir's selected checkpoint (`Checkpointer.selected`), else
+  config.model.init_from (zero-shot). Returns the record written to metrics.json."""
+  experiment.validate_config(config)
+  fileio.makedirs(workdir)
+  setup = experiment.build_setup(config, workdir)
+  ckpt = checkpoints.Checkpointer(workdir, async_save=False, read_only=True)
+  try:
+    selection = ckpt.selected()
+    if selection is not None:
+      step = selection.step
+      key = "ema_params" if config.optim.ema_decay > 0 else "params"
+      params = ckpt.restore_params(step, experiment.abstract_params(setup), key)
+      source = f"{config.data.val_split}: {selection.describe()}"
+    else:
+      if not config.model.init_from:
+        raise ConfigError(f"--mode eval needs a checkpoint in {workdir!r} or "
+                          "config.model.init_from (HF CLIP weights or a .pth)")
+      step = 0
+      params = jax.device_put(
+          experiment.initial_params(config, setup.model, jax.random.PRNGKey(0)),
+          setup.params_sharding)
+      source = f"{config.model.init_from} (zero-shot)"
+    result = evaluate_split(setup, params, config.data.test_split)
+    return report(setup, step, config.data.test_split, result, selected_on=source,
+                  selection=selection)
+  finally:
+    ckpt.close()

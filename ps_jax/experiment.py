@@ -1,0 +1,242 @@
+"""Experiment assembly: an ml_collections config -> mesh, dataset, tokenizer, model and
+shardings, checked before anything is computed.
+
+Layer: assembly (imports model loading, the formats, data and the foundation). Training,
+evaluation and indexing build what they need from a config through this module:
+
+  validate_config(config)                 # ConfigError naming the field
+  setup = build_setup(config, workdir)    # mesh, model, tokenizer, data root, shardings
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+from typing import Any, Optional
+
+import jax
+import numpy as np
+from jax.experimental import multihost_utils
+
+from ps_jax import api, checkpoints, fileio, reporting, sharding
+from ps_jax import tokenizer as tokenizer_lib
+from ps_jax.data import builders, preparation, tokenizers
+from ps_jax.models.clip import ClipConfig, Compute, TextConfig, VisionConfig, logical_axes
+
+# ----------------------------------------------------------------------------- config
+
+
+class ConfigError(ValueError):
+  """An inconsistent experiment config; the message names the field."""
+
+
+# (field, check, what the field must be): simple range checks, run first.
+_FIELD_CHECKS = (
+    ("batch_size", lambda v: v >= 1, "a positive number of (video, caption) pairs"),
+    ("eval_batch_size", lambda v: v >= 1, "a positive number"),
+    ("num_epochs", lambda v: v >= 1, "a positive number of epochs"),
+    ("num_train_steps", lambda v: v == -1 or v >= 1, "-1 (use num_epochs) or positive"),
+    ("eval_every_steps", lambda v: v == -1 or v >= 1, "-1 (once per epoch) or positive"),
+    ("log_every_steps", lambda v: v >= 1, "positive"),
+    ("checkpoint.every_steps", lambda v: v >= 1, "positive"),
+    ("checkpoint.keep", lambda v: v >= 1, "positive"),
+    ("optim.lr_clip", lambda v: v >= 0, ">= 0"),
+    ("optim.lr_new", lambda v: v >= 0, ">= 0"),
+    ("optim.weight_decay", lambda v: v >= 0, ">= 0"),
+    ("optim.b1", lambda v: 0 <= v < 1, "in [0, 1)"),
+    ("optim.b2", lambda v: 0 <= v < 1, "in [0, 1)"),
+    ("optim.eps", lambda v: v > 0, "> 0"),
+    ("optim.warmup_fraction", lambda v: 0 <= v <= 1, "in [0, 1]"),
+    ("optim.grad_clip", lambda v: v >= 0, ">= 0 (0 = no clipping)"),
+    ("optim.ema_decay", lambda v: 0 <= v < 1, "in [0, 1) (0 = no EMA)"),
+    ("data.image_size", lambda v: v >= 1, "positive"),
+    ("data.max_len", lambda v: v >= 2, ">= 2 (start and end tokens)"),
+    ("data.worker_count", lambda v: v >= 0, ">= 0 (0 = in the main process)"),
+    ("data.flip_prob", lambda v: 0 <= v <= 1, "in [0, 1]"),
+    ("data.group_size", lambda v: v >= 1, "positive"),
+    ("model.prompt_init_scale", lambda v: v > 0, "> 0"),
+)
+
+
+def _field(config, dotted: str):
+  value = config
+  for key in dotted.split("."):
+    value = value[key]
+  return value
+
+
+def validate_config(config, num_devices: Optional[int] = None,
+                    num_processes: Optional[int] = None) -> None:
+  """Raises ConfigError naming the config field, before anything is computed."""
+  num_devices = jax.device_count() if num_devices is None else num_devices
+  num_processes = jax.process_count() if num_processes is None else num_processes
+  for dotted, ok, expected in _FIELD_CHECKS:
+    value = _field(config, dotted)
+    if not ok(value):
+      raise ConfigError(f"config.{dotted}={value!r} must be {expected}")
+  m, d = config.model, config.data
+  try:
+    Compute(m.dtype, m.remat_policy, m.scan_unroll, m.attention_impl).validate()
+  except ValueError as e:
+    raise ConfigError(f"config.model: {e}") from None
+  p = m.num_prompts
+  if p < 0:
+    raise ConfigError(f"config.model.num_prompts must be >= 0, got {p}")
+  for field in ("num_frames", "eval_num_frames"):
+    f = d[field]
+    if f < 1 or (p and f % p):
+      raise ConfigError(f"config.data.{field}={f} must be a positive multiple of "
+                        f"config.model.num_prompts={p} (F = chunks x prompts)")
+  mesh_size = [config.mesh.data, config.mesh.fsdp]
+  if -1 not in mesh_size and math.prod(mesh_size) != num_devices:
+    raise ConfigError(f"config.mesh: data x fsdp = {mesh_size[0]} x {mesh_size[1]} must "
+                      f"equal the {num_devices} devices")
+  k = config.optim.grad_accum_steps
+  if k < 1 or config.batch_size % k:
+    raise ConfigError(f"config.batch_size={config.batch_size} must be divisible by "
+                      f"config.optim.grad_accum_steps={k}")
+  micro = config.batch_size // k
+  if micro % num_devices:
+    raise ConfigError(f"config.batch_size={config.batch_size} / grad_accum_steps={k} = "
+                      f"{micro} must be divisible by the {num_devices} devices of the "
+                      "data-parallel mesh")
+  for field in ("batch_size", "eval_batch_size"):
+    if config[field] % num_devices or config[field] % num_processes:
+      raise ConfigError(f"config.{field}={config[field]} must be divisible by the "
+                        f"{num_devices} devices and {num_processes} processes")
+  if config.batch_size % d.group_size:
+    raise ConfigError(f"config.batch_size={config.batch_size} must be divisible by "
+                      f"config.data.group_size={d.group_size}")
+  init = m.init_from
+  if init and not os.path.exists(init):
+    raise ConfigError(f"config.model.init_from={init!r} does not exist (a HF CLIP "
+                      "directory, an official .pth checkpoint, or '' to train from scratch)")
+  if config.optim.aggregation_group not in ("clip", "new"):
+    raise ConfigError("config.optim.aggregation_group must be 'clip' or 'new', got "
+                      f"{config.optim.aggregation_group!r}")
+  if config.select_on not in ("val", "test"):
+    raise ConfigError(f"config.select_on must be 'val' or 'test', got {config.select_on!r}")
+  if not d.name:
+    raise ConfigError("config.data.name is empty")
+
+
+def data_dir(config, workdir: str) -> str:
+  return config.data.dir or fileio.join(workdir, "data")
+
+
+def ensure_dataset(config, workdir: str) -> str:
+  """The prepared dataset's directory; the synthetic benchmark is rendered on first use."""
+  root = data_dir(config, workdir)
+  try:
+    builders.dataset_dir(root, config.data.name)
+    return root
+  except builders.DatasetNotFoundError:
+    name = config.data.name
+    if not name.startswith("moving_shapes"):
+      raise
+  size = name.split("/", 1)[1] if "/" in name else "demo"
+  if jax.process_index() == 0:
+    reporting.say(f"rendering the moving_shapes/{size} benchmark into {root}")
+    preparation.prepare("moving_shapes", out_dir=root, shapes_size=size,
+                        seed=config.data.seed, progress=False)
+  multihost_utils.sync_global_devices("dataset prepared")
+  return root
+
+
+def build_tokenizer(config) -> tokenizer_lib.Tokenizer:
+  """The experiment's tokenizer (`ps_jax.data.tokenizers.spec_from_config`'s rule)."""
+  spec = tokenizers.spec_from_config(config)
+  if spec is None:
+    raise ConfigError("config.data.tokenizer is empty and cannot be inferred: give a "
+                      "directory with CLIP tokenizer files (see "
+                      "ps_jax.tokenizer.write_clip_tokenizer_files)")
+  try:
+    return tokenizers.load(spec)
+  except (OSError, ValueError) as e:
+    raise ConfigError(f"config.data.tokenizer: {e}") from e
+
+
+def clip_config_from(config, tokenizer) -> ClipConfig:
+  """The CLIP architecture: from the init checkpoint, else from config.model.clip."""
+  init = config.model.init_from
+  if init and os.path.isdir(init):
+    return ClipConfig.from_hf(init)
+  c = config.model.clip
+  text = dict(c.text)
+  if text.get("vocab_size", -1) in (-1, None):
+    text["vocab_size"] = tokenizer.vocab_size
+  text.setdefault("max_position_embeddings", config.data.max_len)
+  return ClipConfig(text=TextConfig(**text), vision=VisionConfig(**dict(c.vision)),
+                    projection_dim=c.projection_dim,
+                    logit_scale_init_value=c.logit_scale_init_value)
+
+
+def model_options(config) -> dict:
+  m = config.model
+  return dict(num_prompts=m.num_prompts, switch=m.switch, aggregate=m.aggregate,
+              num_captioner_layers=m.num_captioner_layers,
+              prompt_init_scale=m.prompt_init_scale, dtype=m.dtype,
+              remat_policy=m.remat_policy, scan_unroll=m.scan_unroll,
+              attention_impl=m.attention_impl)
+
+
+def initial_params(config, model, rng) -> dict:
+  """Host params: HF / official weights (new parts freshly initialised) or scratch."""
+  init = config.model.init_from
+  if not init:
+    return jax.tree_util.tree_map(np.asarray, api.init_model_params(model, rng))
+  clip_config = None if os.path.isdir(init) else model.clip.to_hf_dict()
+  _, params = api.load_model(init, clip_config=clip_config, rng=rng, **model_options(config))
+  return params
+
+
+# ----------------------------------------------------------------------------- state
+
+
+@dataclasses.dataclass
+class Setup:
+  """Everything the loops need, built once from the config."""
+  config: Any
+  workdir: str
+  mesh: Any
+  model: Any
+  tokenizer: Any
+  data_root: str
+  state_shardings: Any = None
+  params_sharding: Any = None
+
+
+def build_setup(config, workdir: str) -> Setup:
+  """Checks the config, then builds the mesh, renders / finds the dataset, the tokenizer
+  and the model, and records the model description in the workdir."""
+  validate_config(config)
+  mesh = sharding.make_mesh(config.mesh.data, config.mesh.fsdp)
+  reporting.say(f"mesh {dict(mesh.shape)} over {mesh.size} devices "
+                f"({jax.process_count()} processes)")
+  root = ensure_dataset(config, workdir)
+  tokenizer = build_tokenizer(config)
+  clip_config = clip_config_from(config, tokenizer)
+  if tokenizer.vocab_size > clip_config.text.vocab_size:
+    raise ConfigError(f"tokenizer has {tokenizer.vocab_size} ids but the text model only "
+                      f"{clip_config.text.vocab_size} (config.data.tokenizer / model.clip)")
+  model = api.build_model(clip_config, **model_options(config))
+  params_sharding = model_params_sharding(model, mesh, config.sharding_rules)
+  checkpoints.write_model_file(workdir, {
+      "clip": clip_config.to_hf_dict(), "options": model_options(config),
+      "tokenizer": config.data.tokenizer or config.data.name, "config": config.to_dict()})
+  return Setup(config, workdir, mesh, model, tokenizer, root, params_sharding=params_sharding)
+
+
+def model_params_sharding(model, mesh, rules) -> Any:
+  """The model's param tree of NamedShardings: its logical axis names under `rules`
+  (logical axis -> mesh axis pairs, config.sharding_rules)."""
+  logical = logical_axes(model, *api.dummy_inputs(model))
+  return sharding.param_shardings(logical, api.param_shapes(model), mesh, dict(rules))
+
+
+def abstract_params(setup: Setup) -> Any:
+  """The model's params as ShapeDtypeStructs placed like `setup.params_sharding`."""
+  return jax.tree_util.tree_map(
+      lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
+      api.param_shapes(setup.model), setup.params_sharding)

@@ -1,0 +1,126 @@
+"""Where the videos of an index come from: a prepared dataset split or a directory of files.
+
+Layer: data access for retrieval (imports data.builders, data.decoding, data.video,
+data.sampling, data.transforms). A `VideoSource` lists ids and loads one video's frames
+on demand (from several threads); `eval_clip` turns them into what evaluation feeds the
+model.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import threading
+from typing import Callable, Optional
+
+import numpy as np
+
+from ps_jax.data import builders, decoding, sampling, transforms
+from ps_jax.data import video as video_lib
+
+DEFAULT_FRAMES_PER_VIDEO = 32   # as ps_jax.data.prepare
+DEFAULT_SHORT_SIDE = 256        # as ps_jax.data.prepare for real datasets
+
+
+class IndexBuildError(ValueError):
+  """Bad arguments or inputs for building an index; the message names the flag or file."""
+
+
+@dataclasses.dataclass
+class Loaded:
+  """One decoded video: frames uint8[K, H, W, 3] and problems worked around."""
+  frames: np.ndarray
+  warnings: list[str]
+
+
+@dataclasses.dataclass
+class VideoSource:
+  """Videos to index.
+
+  Attributes:
+    ids: V unique video ids, in index order.
+    load: position in `ids` -> Loaded; raises `ps_jax.data.video.VideoError` (or any
+      exception) for a video that cannot be used. Called from several threads.
+    paths: V file paths (raw videos) or None.
+    info: JSON-able description stored in the index metadata ("kind" and its fields).
+  """
+  ids: list[str]
+  load: Callable[[int], Loaded]
+  paths: Optional[list[str]]
+  info: dict
+
+  def describe(self) -> str:
+    if self.info["kind"] == "dataset":
+      return (f"{self.info['dataset']} split {self.info['split']} from "
+              f"{self.info['dataset_dir']}")
+    return f"video files under {self.info['video_dir']}"
+
+
+def dataset_source(dataset_dir: str, dataset: str, split: str) -> VideoSource:
+  """The videos of a prepared dataset split (`ps_jax.data.prepare`), frames as stored."""
+  if not os.path.isdir(dataset_dir):
+    raise IndexBuildError(f"--dataset_dir {dataset_dir!r} is not a directory")
+  try:
+    split_data = builders.load_split(dataset_dir, dataset, split)
+  except builders.DatasetNotFoundError as e:
+    raise IndexBuildError(f"--dataset {dataset!r}: {e}") from e
+  except ValueError as e:
+    raise IndexBuildError(f"--split {split!r}: {e}") from e
+  lock = threading.Lock()
+  opened = []
+
+  def load(i: int) -> Loaded:
+    if not opened:
+      with lock:
+        if not opened:
+          opened.append(split_data.open_source())
+    return Loaded(np.asarray(opened[0][int(split_data.records[i])]["frames"]), [])
+
+  info = {"kind": "dataset", "dataset_dir": os.path.abspath(dataset_dir), "dataset": dataset,
+          "split": split, "version_dir": split_data.version_dir}
+  return VideoSource(list(split_data.video_ids), load, None, info)
+
+
+def video_dir_source(video_dir: str, frames_per_video: int = DEFAULT_FRAMES_PER_VIDEO,
+                     short_side: Optional[int] = DEFAULT_SHORT_SIDE) -> VideoSource:
+  """Raw video files under `video_dir` (recursive), id = file stem, sorted by id.
+
+  Each video is decoded with `ps_jax.data.video.decode_video`: `frames_per_video` evenly
+  spread frames, short side resized to `short_side` (None: native size).
+  """
+  if not os.path.isdir(video_dir):
+    raise IndexBuildError(f"--video_dir {video_dir!r} is not a directory")
+  if frames_per_video < 1:
+    raise IndexBuildError(f"--frames_per_video must be >= 1, got {frames_per_video}")
+  if short_side is not None and short_side < 1:
+    raise IndexBuildError(f"--short_side must be >= 1 (or 0 for the native size), got "
+                          f"{short_side}")
+  files = decoding.index_video_files(video_dir)
+  if not files:
+    raise IndexBuildError(f"--video_dir {video_dir!r} holds no video file (extensions "
+                          f"{', '.join(decoding.VIDEO_EXTENSIONS)})")
+  ids = sorted(files)
+  paths = [files[i] for i in ids]
+
+  def load(i: int) -> Loaded:
+    decoded = video_lib.decode_video(paths[i], num_frames=frames_per_video,
+                                     short_side=short_side, threads=1)
+    return Loaded(decoded.frames, list(decoded.warnings))
+
+  info = {"kind": "video_dir", "video_dir": os.path.abspath(video_dir),
+          "frames_per_video": frames_per_video, "short_side": short_side}
+  return VideoSource(ids, load, paths, info)
+
+
+def eval_clip(frames: np.ndarray, num_frames: int, num_prompts: int,
+              image_size: int) -> np.ndarray:
+  """What evaluation feeds the model: uint8[K, H, W, 3] -> uint8[F, S, S, 3].
+
+  `uniform` chunked sampling of F frames, then a bicubic short-side resize to S and a
+  centre crop (`ps_jax.data.transforms.resize_center_crop`).
+  """
+  frames = np.asarray(frames)
+  if frames.ndim != 4 or frames.shape[-1] != 3 or frames.shape[0] == 0:
+    raise ValueError(f"frames must be uint8[K>0, H, W, 3], got {frames.dtype}{frames.shape}")
+  idx = sampling.sample_frame_indices(len(frames), num_frames, num_prompts, "uniform")
+  return transforms.resize_center_crop(frames[idx], image_size)
