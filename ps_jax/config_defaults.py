@@ -51,7 +51,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.eval_num_frames = 12     # test frames: C=2 chunks
   c.data.image_size = 224
   c.data.max_len = 77             # CLIP context; the official code pads per batch instead
-  c.data.worker_count = 4
+  c.data.worker_count = 4         # grain worker processes of the training pipeline
+  c.data.eval_worker_count = -1   # of the evaluation pipeline (started anew for every
+                                  # evaluation); -1: data.worker_count
   c.data.flip_prob = 0.5          # horizontal flip of training clips (official: 0.5)
   c.data.group_size = 1           # > 1: videos g*k..g*k+g-1 always share a batch
 
@@ -74,6 +76,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.optim.grad_clip = 1.0
   c.optim.ema_decay = 0.0         # > 0 keeps an EMA of the weights (used for evaluation)
   c.optim.grad_accum_steps = 1
+
+  c.loss = ml_collections.ConfigDict()
+  c.loss.caption_weight = 0.5     # x the caption cross-entropy (official: 0.5)
 
   c.mesh = ml_collections.ConfigDict({"data": -1, "fsdp": 1})
   # Logical axis -> mesh axis. FSDP shards the model width; everything else replicated.

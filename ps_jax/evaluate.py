@@ -38,6 +38,13 @@ def twin_accuracy(sim: np.ndarray, text_to_video: np.ndarray, video_ids) -> Opti
   return float(100.0 * np.mean(np.where(ties, 0.5, diff > 0)))
 
 
+def eval_workers(config) -> int:
+  """Worker processes of the evaluation pipeline (config.data.eval_worker_count, -1:
+  the training pipeline's config.data.worker_count)."""
+  n = config.data.eval_worker_count
+  return config.data.worker_count if n < 0 else n
+
+
 def evaluate_split(setup: Setup, params, split: str, encoders=None) -> dict:
   """Embeds every video and caption of `split` once and computes the paper's metrics.
 
@@ -53,7 +60,7 @@ def evaluate_split(setup: Setup, params, split: str, encoders=None) -> dict:
       setup.data_root, c.data.name, split, tokenizer=setup.tokenizer,
       global_batch_size=c.eval_batch_size, num_frames=c.data.eval_num_frames,
       num_prompts=c.model.num_prompts or c.data.eval_num_frames, image_size=c.data.image_size,
-      max_len=c.data.max_len, worker_count=c.data.worker_count)
+      max_len=c.data.max_len, worker_count=eval_workers(c))
   encode_video, encode_text = encoders or embed.make_encoders(setup.model, setup.mesh,
                                                               setup.params_sharding)
   videos = embed.embed_videos(encode_video, params, data.videos, data.num_videos, setup.mesh)

@@ -53,9 +53,11 @@ _FIELD_CHECKS = (
     ("data.image_size", lambda v: v >= 1, "positive"),
     ("data.max_len", lambda v: v >= 2, ">= 2 (start and end tokens)"),
     ("data.worker_count", lambda v: v >= 0, ">= 0 (0 = in the main process)"),
+    ("data.eval_worker_count", lambda v: v >= -1, ">= -1 (-1 = data.worker_count)"),
     ("data.flip_prob", lambda v: 0 <= v <= 1, "in [0, 1]"),
     ("data.group_size", lambda v: v >= 1, "positive"),
     ("model.prompt_init_scale", lambda v: v > 0, "> 0"),
+    ("loss.caption_weight", lambda v: v >= 0, ">= 0"),
 )
 
 

@@ -40,7 +40,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
       c.num_epochs * loader.steps_per_epoch)
   eval_every = c.eval_every_steps if c.eval_every_steps > 0 else loader.steps_per_epoch
   tx, schedules = optim.make_optimizer(c.optim, total_steps)
-  lc = ts.make_loss_config(setup.tokenizer, setup.model.clip.text.vocab_size)
+  lc = ts.make_loss_config(setup.tokenizer, setup.model.clip.text.vocab_size,
+                           c.loss.caption_weight)
   ema = c.optim.ema_decay > 0
 
   rng = jax.random.PRNGKey(c.seed)

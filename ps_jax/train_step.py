@@ -165,10 +165,12 @@ def train_step(state: State, batch: Mapping[str, Array], *, model, tx: optax.Gra
   return new, metrics
 
 
-def make_loss_config(tokenizer, vocab_size: int) -> LossConfig:
-  """The official loss constants for a tokenizer: frequent-word caption weights, EOS id."""
+def make_loss_config(tokenizer, vocab_size: int,
+                     caption_weight: float = losses.CAPTION_LOSS_MULTIPLIER) -> LossConfig:
+  """The loss constants for a tokenizer: frequent-word caption weights, EOS id, and the
+  caption loss's weight (official: 0.5)."""
   weights = losses.caption_class_weights(tokenizer, vocab_size)
-  return LossConfig(jnp.asarray(weights), tokenizer.eos_id, losses.CAPTION_LOSS_MULTIPLIER)
+  return LossConfig(jnp.asarray(weights), tokenizer.eos_id, caption_weight)
 
 
 BATCH_NDIMS = {"frames": 5, "input_ids": 2, "attention_mask": 2}
