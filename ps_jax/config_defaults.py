@@ -1,4 +1,7 @@
-"""Defaults shared by the experiment configs in configs/ (each overrides what it changes)."""
+"""Defaults shared by the experiment configs in configs/ (each overrides what it changes).
+
+Layer: foundation (ml_collections only; config files import it).
+"""
 
 import importlib.util
 import os
@@ -55,6 +58,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.eval_worker_count = -1   # of the evaluation pipeline (started anew for every
                                   # evaluation); -1: data.worker_count
   c.data.flip_prob = 0.5          # horizontal flip of training clips (official: 0.5)
+  c.data.crop_scale = (0.5, 1.0)  # RandomResizedCrop area fraction of training clips
+  c.data.crop_ratio = (3 / 4, 4 / 3)  # and its aspect-ratio range (torchvision's)
   c.data.group_size = 1           # > 1: videos g*k..g*k+g-1 always share a batch
 
   c.batch_size = 32

@@ -1,4 +1,7 @@
-"""Training losses: symmetric InfoNCE over the global batch and the weighted caption loss."""
+"""Training losses: symmetric InfoNCE over the global batch and the weighted caption loss.
+
+Layer: foundation (jax and numpy only).
+"""
 
 from __future__ import annotations
 

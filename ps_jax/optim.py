@@ -1,4 +1,7 @@
-"""Optimiser of the official recipe: AdamW, two learning-rate groups, warm-up + cosine."""
+"""Optimiser of the official recipe: AdamW, two learning-rate groups, warm-up + cosine.
+
+Layer: foundation (optax only).
+"""
 
 from __future__ import annotations
 

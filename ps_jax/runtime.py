@@ -1,4 +1,7 @@
-"""Process-wide settings that must be made before JAX starts its runtime."""
+"""Process-wide settings that must be made before JAX starts its runtime.
+
+Layer: foundation (the standard library only).
+"""
 
 from __future__ import annotations
 

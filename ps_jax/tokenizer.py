@@ -3,6 +3,8 @@
 Both produce fixed-length int32 ids padded with the end-of-text token, the layout the
 model expects: pooling happens at the first position of the largest id (the EOT token),
 so EOT must be the largest id of the vocabulary and padding must never exceed it.
+
+Layer: foundation (transformers only, loaded when a CLIP tokenizer is).
 """
 
 from __future__ import annotations

@@ -35,7 +35,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
       global_batch_size=c.batch_size, num_frames=c.data.num_frames,
       num_prompts=c.model.num_prompts or c.data.num_frames, image_size=c.data.image_size,
       max_len=c.data.max_len, seed=c.seed, worker_count=c.data.worker_count,
-      flip_prob=c.data.flip_prob, group_size=c.data.group_size)
+      flip_prob=c.data.flip_prob, crop_scale=tuple(c.data.crop_scale),
+      crop_ratio=tuple(c.data.crop_ratio), group_size=c.data.group_size)
   total_steps = c.num_train_steps if c.num_train_steps > 0 else (
       c.num_epochs * loader.steps_per_epoch)
   eval_every = c.eval_every_steps if c.eval_every_steps > 0 else loader.steps_per_epoch

@@ -36,3 +36,18 @@ def test_official_recipe_numbers():
   assert (c.batch_size, c.num_epochs, c.optim.lr_clip, c.optim.lr_new) == (32, 5, 1e-6, 1e-5)
   assert (c.optim.weight_decay, c.optim.warmup_fraction, c.optim.grad_clip) == (0.2, 0.1, 1.0)
   assert (c.optim.b1, c.optim.b2, c.optim.eps) == (0.9, 0.999, 1e-6)
+
+
+@pytest.mark.parametrize("field,value,message", [
+    ("crop_scale", (0.0, 1.0), "config.data.crop_scale=(0.0, 1.0) must be (low, high) with "
+                               "0 < low <= high <= 1"),
+    ("crop_scale", (0.9, 0.5), "config.data.crop_scale=(0.9, 0.5)"),
+    ("crop_ratio", (1.5, 1.0), "config.data.crop_ratio=(1.5, 1.0) must be (low, high)"),
+])
+def test_crop_ranges_are_checked(field, value, message):
+  config = load_config_file(os.path.join(os.path.dirname(__file__), "..", "configs",
+                                         "demo.py"))
+  config.data[field] = value
+  with pytest.raises(experiment.ConfigError) as err:
+    experiment.validate_config(config, num_devices=1, num_processes=1)
+  assert message in str(err.value)

@@ -110,3 +110,23 @@ def test_tokenize_caption_with_clip_bpe(tmp_path):
   assert ids.argmax() == 7 and e["attention_mask"].sum() == 8  # pooled at the kept EOT
   short = T.TokenizeCaption(tok, 8).map({"caption": "a cat"})
   assert short["input_ids"].argmax() == 3 and short["attention_mask"].tolist() == [1] * 4 + [0] * 4
+
+
+def test_whole_frame_crop_is_the_identity_pil_would_give():
+  rng = np.random.default_rng(0)
+  frames = rng.integers(0, 256, size=(3, 16, 16, 3), dtype=np.uint8)
+  out = T.crop_resize(frames, (0, 0, 16, 16), 16)
+  np.testing.assert_array_equal(out, frames)
+  # The generic path (PIL's bicubic over the whole frame at the same size) agrees.
+  from PIL import Image
+  for t in range(3):
+    np.testing.assert_array_equal(
+        np.asarray(Image.fromarray(frames[t]).resize((16, 16), Image.BICUBIC,
+                                                     box=(0, 0, 16, 16))), frames[t])
+  # crop_scale = crop_ratio = (1, 1) on square frames: no augmentation at all.
+  crop = T.RandomResizedCropFlip(16, scale=(1.0, 1.0), ratio=(1.0, 1.0), flip_prob=0.0)
+  for seed in range(5):
+    np.testing.assert_array_equal(
+        crop.map({"frames": frames, "rng": np.random.default_rng(seed)})["frames"], frames)
+  # A real crop still resizes.
+  assert not np.array_equal(T.crop_resize(frames, (2, 2, 12, 12), 16), frames)

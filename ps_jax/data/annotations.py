@@ -11,6 +11,8 @@ official protocols:
   videos), every caption kept.
 - LSMDC: tab-separated files with 6 columns (clip id, 4 timestamps, caption); one
   caption per clip, the last one listed when a clip repeats (the official behaviour).
+
+Layer: data (no ps_jax imports).
 """
 
 from __future__ import annotations

@@ -17,6 +17,8 @@ of the prepare step can be exercised; the prepare step can also render in memory
 
 CLI: `python -m ps_jax.data.moving_shapes --out_dir DIR [--size demo] [--seed 0]`
 writes DIR/videos/*.mp4, DIR/moving_shapes.json and DIR/vocab.json.
+
+Layer: data (imports `builders`, `video` and `ps_jax.tokenizer`).
 """
 
 from __future__ import annotations

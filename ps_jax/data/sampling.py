@@ -14,6 +14,8 @@ Segment boundaries (inclusive [a, b]) for a video of n frames and P segments:
 `rand` (training): every chunk draws, independently, one uniform frame from each
 segment [a, b] (both ends included). `uniform` (test): chunk c takes a + (b - a) //
 (C + 1) * (c + 1) in every segment.
+
+Layer: data (no ps_jax imports).
 """
 
 from __future__ import annotations

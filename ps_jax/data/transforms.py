@@ -5,6 +5,8 @@ Each transform reads and writes keys of an example dict and is usable on its own
 transforms draw from the example's own `rng` (a numpy Generator seeded from the
 example's global position), so results do not depend on sharding or worker count.
 `normalize_frames` (CLIP mean/std) is separate so frames can stay uint8 until the device.
+
+Layer: data (imports `sampling`).
 """
 
 from __future__ import annotations
@@ -75,6 +77,8 @@ def crop_resize(frames: np.ndarray, box: tuple[int, int, int, int], size: int) -
     uint8[T, size, size, 3].
   """
   top, left, h, w = box
+  if (top, left, h, w) == (0, 0, size, size) == (0, 0, *frames.shape[1:3]):
+    return frames  # the whole frame at its own size (what PIL would copy)
   pil_box = (left, top, left + w, top + h)
   out = np.empty((len(frames), size, size, 3), np.uint8)
   for i, frame in enumerate(frames):

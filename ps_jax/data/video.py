@@ -6,6 +6,8 @@ fail midway (the frames decoded before the failure are kept and the failure is
 reported in `DecodedVideo.warnings`), rotation metadata (frames are turned upright),
 non-square pixels, videos shorter than K frames (all frames kept), and empty, missing
 or non-video files (typed `VideoError`s with a short `reason`).
+
+Layer: data (imports `sampling`).
 """
 
 from __future__ import annotations

@@ -5,6 +5,8 @@ leading `layers` axis), optionally `nn.remat`-ed. The block can carry the Prompt
 cube: when `num_prompts > 0`, the last P tokens of each frame are prompts and, on the
 layer-normed attention input only, the (P frames x P prompts) block of each chunk is
 transposed (`jnp.swapaxes`) before self-attention.
+
+Layer: models (the leaf of the package: imports only `models.layers`).
 """
 
 from __future__ import annotations

@@ -1,4 +1,7 @@
-"""Shared transformer building blocks: attention, MLP, LayerNorm, partitioned params."""
+"""Shared transformer building blocks: attention, MLP, LayerNorm, partitioned params.
+
+Layer: models (no ps_jax imports).
+"""
 
 from __future__ import annotations
 

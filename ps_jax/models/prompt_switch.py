@@ -5,6 +5,8 @@ CLIP weights load into it unchanged):
   text_model/..., vision_model/... (+ `prompt` [P, P, D] and `aggregation/attn/...`),
   text_projection, visual_projection, logit_scale,
   caption/{prenorm, decoder/layers/... (scanned), norm, head}.
+
+Layer: models (imports `models.clip`, `models.layers`).
 """
 
 from __future__ import annotations
