@@ -21,6 +21,7 @@ unless config A beats config B by at least POINTS t2v R@1 on every seed.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import subprocess
@@ -29,6 +30,8 @@ import time
 from typing import Optional, Sequence
 
 import numpy as np
+
+from ps_jax.config_defaults import load_config_file
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -98,25 +101,71 @@ def print_runs(name: str, seeds: Sequence[int], records: Sequence[dict]) -> None
           f"{r['v2t']['R@1']:>8.1f} {twin:>9} {r['step']:>6} {wall:>7}")
 
 
-def print_summary(results: dict, seeds: Sequence[int], markdown: bool) -> None:
-  n = len(seeds)
-  if markdown:
-    print("\n| config | t2v R@1 | min | t2v R@5 | t2v MdR | v2t R@1 | twin accuracy | min |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|")
-  else:
-    print(f"\nsummary over seeds {','.join(map(str, seeds))} (mean ± std, min)")
+def markdown_rows(results: dict) -> list[str]:
+  """The summary as README.md's table: header, rule and one row per config."""
+  rows = ["| config | t2v R@1 | min | t2v R@5 | t2v MdR | v2t R@1 | twin accuracy | min |",
+          "|---|---:|---:|---:|---:|---:|---:|---:|"]
   for name, stats in results.items():
     twin_min = f"{stats['twin_acc']['min']:.1f}%" if "twin_acc" in stats else "-"
     twin = _pm(stats, "twin_acc") + ("%" if "twin_acc" in stats else "")
-    if markdown:
-      print(f"| `{name}` | {_pm(stats, 't2v_R@1')} | {stats['t2v_R@1']['min']:.1f} | "
-            f"{_pm(stats, 't2v_R@5')} | {_pm(stats, 't2v_MdR')} | {_pm(stats, 'v2t_R@1')} | "
-            f"{twin} | {twin_min} |")
-    else:
-      wall = stats["max_wall_s"]
-      print(f"{name}: t2v R@1 {_pm(stats, 't2v_R@1')} (min {stats['t2v_R@1']['min']:.1f}), "
-            f"twin accuracy {twin} (min {twin_min}), n={n}, longest run "
-            f"{'-' if wall is None else f'{wall:.0f} s'}")
+    rows.append(f"| `{name}` | {_pm(stats, 't2v_R@1')} | {stats['t2v_R@1']['min']:.1f} | "
+                f"{_pm(stats, 't2v_R@5')} | {_pm(stats, 't2v_MdR')} | {_pm(stats, 'v2t_R@1')} | "
+                f"{twin} | {twin_min} |")
+  return rows
+
+
+def markdown_seed_rows(runs: dict) -> list[str]:
+  """Per seed: t2v R@1 / twin accuracy of every config, the first config's margin over
+  the second, and the first config's selected step and wall time."""
+  names = list(runs)
+  head = "| seed | " + " | ".join(f"`{n}` t2v R@1 / twin" for n in names)
+  rule = "|---:|" + "---:|" * len(names)
+  if len(names) > 1:
+    head += f" | `{names[0]}` - `{names[1]}`"
+    rule += "---:|"
+  head += f" | `{names[0]}` step | `{names[0]}` wall s |"
+  rule += "---:|---:|"
+  rows = [head, rule]
+  for k, first in enumerate(runs[names[0]]):
+    cells = [str(first["seed"])]
+    for n in names:
+      r = runs[n][k]
+      twin = "-" if r["twin_acc"] is None else f"{r['twin_acc']:.1f}%"
+      cells.append(f"{r['t2v_R@1']:.1f} / {twin}")
+    if len(names) > 1:
+      cells.append(f"{first['t2v_R@1'] - runs[names[1]][k]['t2v_R@1']:+.1f}")
+    wall = "-" if first["wall_s"] is None else f"{first['wall_s']:.0f}"
+    cells += [str(first["step"]), wall]
+    rows.append("| " + " | ".join(cells) + " |")
+  return rows
+
+
+def print_summary(results: dict, seeds: Sequence[int], markdown: bool) -> None:
+  n = len(seeds)
+  if markdown:
+    print("\n" + "\n".join(markdown_rows(results)))
+    return
+  print(f"\nsummary over seeds {','.join(map(str, seeds))} (mean ± std, min)")
+  for name, stats in results.items():
+    twin_min = f"{stats['twin_acc']['min']:.1f}%" if "twin_acc" in stats else "-"
+    twin = _pm(stats, "twin_acc") + ("%" if "twin_acc" in stats else "")
+    wall = stats["max_wall_s"]
+    print(f"{name}: t2v R@1 {_pm(stats, 't2v_R@1')} (min {stats['t2v_R@1']['min']:.1f}), "
+          f"twin accuracy {twin} (min {twin_min}), n={n}, longest run "
+          f"{'-' if wall is None else f'{wall:.0f} s'}")
+
+
+def config_digest(path: str) -> str:
+  """sha256 of the config's resolved fields (comments and layout do not count)."""
+  text = json.dumps(load_config_file(path).to_dict(), sort_keys=True, default=str)
+  return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def run_row(seed: int, record: dict) -> dict:
+  """What the JSON keeps of one run."""
+  return {"seed": seed, "t2v_R@1": record["t2v"]["R@1"], "v2t_R@1": record["v2t"]["R@1"],
+          "twin_acc": record.get("twin_acc"), "step": record["step"],
+          "wall_s": record["wall_s"]}
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -136,7 +185,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.error(f"unknown arguments {bad} (only --config.<field>=<value> are passed on)")
   seeds = [int(s) for s in args.seeds.split(",")]
   data_dir = os.path.abspath(args.data_dir or os.path.join(args.root, "data"))
-  results, per_seed = {}, {}
+  results, per_seed, runs, digests = {}, {}, {}, {}
   for config in args.configs.split(","):
     name = os.path.splitext(os.path.basename(config))[0]
     records = [run_one(os.path.abspath(config), seed,
@@ -145,10 +194,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     print_runs(name, seeds, records)
     results[name] = summarize(records)
     per_seed[name] = [r["t2v"]["R@1"] for r in records]
+    runs[name] = [run_row(seed, r) for seed, r in zip(seeds, records)]
+    digests[name] = config_digest(config)
   print_summary(results, seeds, args.markdown)
+  if args.markdown:
+    print("\n" + "\n".join(markdown_seed_rows(runs)))
   if args.json:
     with open(args.json, "w", encoding="utf-8") as f:
-      json.dump({"seeds": seeds, "summary": results, "t2v_R@1": per_seed}, f, indent=2)
+      json.dump({"seeds": seeds, "extra_args": list(extra), "config_sha256": digests,
+                 "summary": results, "t2v_R@1": per_seed, "runs": runs}, f, indent=2)
   if args.min_gap:
     a, b, points = args.min_gap.split(",")
     gaps = np.asarray(per_seed[a]) - np.asarray(per_seed[b])

@@ -1,11 +1,23 @@
 """Shared pytest fixtures: tiny CLIP configs and HF checkpoints written to temp dirs."""
 
+import importlib.util
 import pathlib
 
 import numpy as np
 import pytest
 
 SHARED_DATA = pathlib.Path(__file__).resolve().parents[2] / "shared" / "data"
+REPO = pathlib.Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def run_seeds():
+  """benchmarks/run_seeds.py as a module (benchmarks/ is not a package)."""
+  spec = importlib.util.spec_from_file_location(
+      "run_seeds", REPO / "benchmarks" / "run_seeds.py")
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
 
 
 def tiny_hf_clip_config(variant: str = "a") -> dict:

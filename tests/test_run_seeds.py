@@ -4,22 +4,12 @@ Finished runs are reused (a workdir with metrics.json is not run again), so thes
 feed it workdirs with hand-written metrics instead of training.
 """
 
-import importlib.util
 import json
 import os
 
 import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-@pytest.fixture(scope="module")
-def run_seeds():
-  spec = importlib.util.spec_from_file_location(
-      "run_seeds", os.path.join(REPO, "benchmarks", "run_seeds.py"))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
 
 
 def _finished(root, name, seed, r1, twin, wall=100.0):
@@ -45,6 +35,9 @@ def test_mean_std_min_over_seeds(run_seeds, tmp_path, capsys):
   assert summary["twin_acc"]["min"] == 70.0 and summary["max_wall_s"] == 102.0
   table = capsys.readouterr().out
   assert "| `demo` | 20.0 ± 3.3 | 16.0 |" in table and "80.0 ± 8.2% | 70.0% |" in table
+  assert "| 2 | 16.0 / 90.0% | 10 | 102 |" in table.splitlines()  # per seed: step, wall
+  runs = json.load(open(out))["runs"]["demo"]
+  assert [r["seed"] for r in runs] == [0, 1, 2] and runs[1]["twin_acc"] == 80.0
 
 
 def test_the_gap_must_hold_on_every_seed(run_seeds, tmp_path, capsys):
@@ -56,3 +49,6 @@ def test_the_gap_must_hold_on_every_seed(run_seeds, tmp_path, capsys):
   assert run_seeds.main(argv + ["--min_gap", "demo,demo_noswitch,4"]) == 0
   assert run_seeds.main(argv + ["--min_gap", "demo,demo_noswitch,5"]) == 1
   assert "+10.0, +4.0 (required: >= +5.0)" in capsys.readouterr().out
+  assert run_seeds.main(argv + ["--markdown"]) == 0
+  rows = capsys.readouterr().out.splitlines()
+  assert "| 1 | 14.0 / 60.0% | 10.0 / 50.0% | +4.0 | 10 | 100 |" in rows
