@@ -101,13 +101,19 @@ def print_runs(name: str, seeds: Sequence[int], records: Sequence[dict]) -> None
           f"{r['v2t']['R@1']:>8.1f} {twin:>9} {r['step']:>6} {wall:>7}")
 
 
+def _twin_cells(stats: dict) -> tuple[str, str]:
+  """(mean ± std, min) of the twin accuracy as text, "-" where there are no twins."""
+  if "twin_acc" not in stats:
+    return "-", "-"
+  return _pm(stats, "twin_acc") + "%", f"{stats['twin_acc']['min']:.1f}%"
+
+
 def markdown_rows(results: dict) -> list[str]:
   """The summary as README.md's table: header, rule and one row per config."""
   rows = ["| config | t2v R@1 | min | t2v R@5 | t2v MdR | v2t R@1 | twin accuracy | min |",
           "|---|---:|---:|---:|---:|---:|---:|---:|"]
   for name, stats in results.items():
-    twin_min = f"{stats['twin_acc']['min']:.1f}%" if "twin_acc" in stats else "-"
-    twin = _pm(stats, "twin_acc") + ("%" if "twin_acc" in stats else "")
+    twin, twin_min = _twin_cells(stats)
     rows.append(f"| `{name}` | {_pm(stats, 't2v_R@1')} | {stats['t2v_R@1']['min']:.1f} | "
                 f"{_pm(stats, 't2v_R@5')} | {_pm(stats, 't2v_MdR')} | {_pm(stats, 'v2t_R@1')} | "
                 f"{twin} | {twin_min} |")
@@ -147,8 +153,7 @@ def print_summary(results: dict, seeds: Sequence[int], markdown: bool) -> None:
     return
   print(f"\nsummary over seeds {','.join(map(str, seeds))} (mean ± std, min)")
   for name, stats in results.items():
-    twin_min = f"{stats['twin_acc']['min']:.1f}%" if "twin_acc" in stats else "-"
-    twin = _pm(stats, "twin_acc") + ("%" if "twin_acc" in stats else "")
+    twin, twin_min = _twin_cells(stats)
     wall = stats["max_wall_s"]
     print(f"{name}: t2v R@1 {_pm(stats, 't2v_R@1')} (min {stats['t2v_R@1']['min']:.1f}), "
           f"twin accuracy {twin} (min {twin_min}), n={n}, longest run "

@@ -66,8 +66,9 @@ def evaluate_split(setup: Setup, params, split: str, encoders=None) -> dict:
   videos = embed.embed_videos(encode_video, params, data.videos, data.num_videos, setup.mesh)
   texts = embed.embed_texts(encode_text, params, data.input_ids, data.attention_mask,
                             c.eval_batch_size, setup.mesh)
-  result, dsl = metrics.evaluate(texts, videos, data.text_to_video, dsl=c.dsl)
-  sim = metrics.similarity(texts, videos)
+  sim = metrics.similarity(texts, videos)  # once: the metrics, DSL and twins share it
+  result = metrics.retrieval_metrics(sim, data.text_to_video)
+  dsl = metrics.dsl_retrieval_metrics(sim, data.text_to_video) if c.dsl else None
   return {"metrics": result, "dsl": dsl, "num_videos": data.num_videos,
           "num_texts": len(texts), "twin_acc": twin_accuracy(sim, data.text_to_video,
                                                              data.video_ids)}

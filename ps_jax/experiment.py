@@ -209,8 +209,7 @@ class Setup:
   model: Any
   tokenizer: Any
   data_root: str
-  state_shardings: Any = None
-  params_sharding: Any = None
+  params_sharding: Any
 
 
 def build_setup(config, workdir: str) -> Setup:
@@ -231,7 +230,7 @@ def build_setup(config, workdir: str) -> Setup:
   checkpoints.write_model_file(workdir, {
       "clip": clip_config.to_hf_dict(), "options": model_options(config),
       "tokenizer": config.data.tokenizer or config.data.name, "config": config.to_dict()})
-  return Setup(config, workdir, mesh, model, tokenizer, root, params_sharding=params_sharding)
+  return Setup(config, workdir, mesh, model, tokenizer, root, params_sharding)
 
 
 def model_params_sharding(model, mesh, rules) -> Any:

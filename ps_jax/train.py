@@ -49,7 +49,6 @@ def train_and_evaluate(config, workdir: str) -> dict:
   abstract = jax.eval_shape(lambda: ts.create_state(api.param_shapes(setup.model), tx, rng,
                                                     ema))
   shardings = ts.state_shardings(mesh, setup.params_sharding, abstract)
-  setup.state_shardings = shardings
   ckpt = checkpoints.Checkpointer(workdir, keep=c.checkpoint.keep,
                                   async_save=c.checkpoint.async_save)
   iterator = iter(loader)
