@@ -1,12 +1,19 @@
 """Optimiser of the official recipe: AdamW, two learning-rate groups, warm-up + cosine.
 
+The official PyTorch code clips the gradients with `torch.nn.utils.clip_grad_norm_(..., 1.0)`,
+steps `transformers.optimization.AdamW` (transformers 4.26: eps added before the bias
+correction, decoupled weight decay applied to the already updated weights) and then
+`get_cosine_schedule_with_warmup`. `config.optim.adamw = "official"` reproduces exactly
+that; `"optax"` keeps the earlier recipe (optax.clip_by_global_norm, optax.adamw and a
+rounded warm-up of at least one step) so that older runs can be reproduced.
+
 Layer: foundation (optax only).
 """
 
 from __future__ import annotations
 
 import math
-from typing import Any, Mapping
+from typing import Any, Mapping, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -18,6 +25,9 @@ import optax
 NEW_PARAM_PREFIXES = (("vision_model", "prompt"), ("caption",))
 AGGREGATION_PREFIX = ("vision_model", "aggregation")
 MAX_LOGIT_SCALE = math.log(100.0)
+ADAMW_VARIANTS = ("official", "optax")
+# torch.nn.utils.clip_grad_norm_ divides by (total norm + this).
+TORCH_CLIP_EPS = 1e-6
 
 
 def param_group(path: tuple[str, ...], aggregation_group: str = "clip") -> str:
@@ -33,30 +43,210 @@ def param_labels(params: Any, aggregation_group: str = "clip") -> Any:
       lambda path, _: param_group(tuple(k.key for k in path), aggregation_group), params)
 
 
-def schedule(peak: float, total_steps: int, warmup_fraction: float) -> optax.Schedule:
-  """Linear warm-up from 0 over `warmup_fraction` of the steps, then cosine to 0."""
+# ----------------------------------------------------------------------------- schedules
+
+
+def hf_warmup_steps(total_steps: int, warmup_fraction: float) -> int:
+  """Warm-up length of the official code: `int(warmup_fraction * total_steps)` (may be 0)."""
+  return int(warmup_fraction * total_steps)
+
+
+def hf_cosine_schedule(peak: float, total_steps: int, warmup_steps: int) -> optax.Schedule:
+  """transformers' `get_cosine_schedule_with_warmup` (half a cosine) times `peak`.
+
+  Multiplier at step s (W = warmup_steps, N = total_steps):
+    s / max(1, W)                                               if s < W,
+    max(0, 0.5 * (1 + cos(pi * (s - W) / max(1, N - W))))       otherwise.
+  With W = 0 step 0 already has the peak learning rate.
+
+  Args:
+    peak: the learning rate after warm-up.
+    total_steps: N, the number of optimizer updates.
+    warmup_steps: W.
+
+  Returns:
+    step (int[] or float[], may be traced) -> learning rate, a float[] scalar.
+  """
+  warm_div = float(max(1, warmup_steps))
+  decay_div = float(max(1, total_steps - warmup_steps))
+
+  def lr(step):
+    s = jnp.asarray(step).astype(jnp.result_type(float))
+    rising = s / warm_div
+    # 0.5 * (1 + cos(pi * x)) = sin(pi / 2 * (1 - x))^2 (>= 0, so the max is moot): the
+    # same function, whose float32 value stays accurate (~1e-7 relative) over the last
+    # steps, where the cosine form cancels (~1e-4).
+    remaining = (decay_div + warmup_steps - s) / decay_div
+    falling = jnp.square(jnp.sin(0.5 * math.pi * remaining))
+    return peak * jnp.where(s < warmup_steps, rising, falling)
+
+  return lr
+
+
+def optax_cosine_schedule(peak: float, total_steps: int,
+                          warmup_fraction: float) -> optax.Schedule:
+  """The earlier ("optax") schedule: linear warm-up from 0 over
+  `max(1, round(warmup_fraction * total_steps))` steps, then cosine to 0."""
   warmup = int(round(total_steps * warmup_fraction))
   return optax.warmup_cosine_decay_schedule(0.0, peak, max(warmup, 1), max(total_steps, 2),
                                             end_value=0.0)
+
+
+# ------------------------------------------------------------------ official transformations
+
+
+def torch_clip_by_global_norm(max_norm: float) -> optax.GradientTransformation:
+  """`torch.nn.utils.clip_grad_norm_(params, max_norm)` as a stateless transformation.
+
+  total = global L2 norm of all updates; coef = max_norm / (total + 1e-6); every leaf is
+  multiplied by min(coef, 1) (i.e. scaled only when coef < 1). Unlike
+  `optax.clip_by_global_norm`, the 1e-6 keeps clipped norms slightly below `max_norm`.
+  """
+  def update_fn(updates, state, params=None):
+    del params
+    total = optax.global_norm(updates)
+    coef = jnp.minimum(max_norm / (total + TORCH_CLIP_EPS), 1.0)
+    return jax.tree_util.tree_map(lambda g: (g * coef).astype(g.dtype), updates), state
+
+  return optax.GradientTransformation(lambda params: optax.EmptyState(), update_fn)
+
+
+class OfficialAdamWState(NamedTuple):
+  """State of `official_adamw`.
+
+  Attributes:
+    count: int32[], updates applied so far (the learning rate is read at this step).
+    mu: first moments, a tree like the params (at least float32).
+    nu: second moments, a tree like the params (at least float32).
+  """
+  count: jax.Array
+  mu: Any
+  nu: Any
+
+
+def _moment_dtype(p: jax.Array) -> jnp.dtype:
+  """float32 for float32 / bfloat16 / float16 params, float64 for float64 params."""
+  return jnp.promote_types(p.dtype, jnp.float32)
+
+
+def _bias_factor(b1: float, b2: float, t: jax.Array) -> jax.Array:
+  """sqrt(1 - b2^t) / (1 - b1^t) for the (1-based) step t, a float[] scalar."""
+  return jnp.sqrt(1.0 - jnp.power(b2, t)) / (1.0 - jnp.power(b1, t))
+
+
+def _official_leaf_update(p: jax.Array, mu: jax.Array, nu: jax.Array, step_size: jax.Array,
+                          decay: jax.Array, eps: float) -> jax.Array:
+  """The update of one leaf from its new moments (transformers 4.26 AdamW).
+
+  Args:
+    p: parameter, shape [...].
+    mu, nu: the moments after this step's gradient, shape [...] in `_moment_dtype(p)`.
+    step_size: float[], lr * sqrt(1 - b2^t) / (1 - b1^t).
+    decay: float[], lr * weight_decay.
+    eps: added to sqrt(nu) before the bias correction.
+
+  Returns:
+    update [...] in p.dtype such that p + update is torch's
+    p' = p - step_size * mu / (sqrt(nu) + eps), then p' - decay * p'.
+  """
+  dt = mu.dtype
+  adam = step_size.astype(dt) * mu / (jnp.sqrt(nu) + eps)
+  stepped = p.astype(dt) - adam
+  return (-adam - decay.astype(dt) * stepped).astype(p.dtype)
+
+
+def official_adamw(learning_rate: float | optax.Schedule, b1: float = 0.9, b2: float = 0.999,
+                   eps: float = 1e-6, weight_decay: float = 0.0
+                   ) -> optax.GradientTransformation:
+  """`transformers.optimization.AdamW` (4.26, correct_bias=True) as an optax transformation.
+
+  Per parameter, at step t = count + 1 with lr = learning_rate(count):
+    m = b1 m + (1 - b1) g;  v = b2 v + (1 - b2) g^2
+    p <- p - lr sqrt(1 - b2^t) / (1 - b1^t) * m / (sqrt(v) + eps)
+    p <- p - lr * weight_decay * p
+  Differs from `optax.adamw` in where eps enters (before the bias correction) and in
+  decaying the updated rather than the incoming weights. Element-wise on every leaf, so
+  it works under jit, inside `optax.multi_transform` and with sharded params.
+
+  Args:
+    learning_rate: a constant or a schedule of the update count (0 for the first update).
+    b1, b2, eps, weight_decay: as in transformers' AdamW.
+
+  Returns:
+    A transformation whose `update` needs `params` and returns updates in the params'
+    dtypes; its state is an `OfficialAdamWState`.
+  """
+  lr_at = learning_rate if callable(learning_rate) else (lambda _: learning_rate)
+
+  def init_fn(params):
+    zeros = lambda p: jnp.zeros(p.shape, _moment_dtype(p))
+    return OfficialAdamWState(count=jnp.zeros((), jnp.int32),
+                              mu=jax.tree_util.tree_map(zeros, params),
+                              nu=jax.tree_util.tree_map(zeros, params))
+
+  def update_fn(updates, state, params=None):
+    if params is None:
+      raise ValueError("official_adamw needs the params (decoupled weight decay)")
+    lr = jnp.asarray(lr_at(state.count))
+    t = optax.safe_int32_increment(state.count)
+    step_size = lr * _bias_factor(b1, b2, t.astype(lr.dtype))
+    tmap = jax.tree_util.tree_map
+    mu = tmap(lambda m, g: b1 * m + (1.0 - b1) * g.astype(m.dtype), state.mu, updates)
+    nu = tmap(lambda v, g: b2 * v + (1.0 - b2) * jnp.square(g.astype(v.dtype)), state.nu,
+              updates)
+    new = tmap(lambda p, m, v: _official_leaf_update(p, m, v, step_size, lr * weight_decay,
+                                                     eps), params, mu, nu)
+    return new, OfficialAdamWState(count=t, mu=mu, nu=nu)
+
+  return optax.GradientTransformation(init_fn, update_fn)
+
+
+# --------------------------------------------------------------------------- assembly
+
+
+def adamw_variant(cfg: Mapping) -> str:
+  """`cfg["adamw"]` ("official" when absent); ValueError naming config.optim.adamw else."""
+  variant = cfg.get("adamw", "official")
+  if variant not in ADAMW_VARIANTS:
+    raise ValueError(f"config.optim.adamw must be one of {ADAMW_VARIANTS}, got {variant!r}")
+  return variant
+
+
+def make_schedules(cfg: Mapping, total_steps: int) -> dict[str, optax.Schedule]:
+  """{"clip": lr schedule, "new": lr schedule} of the chosen variant: the official
+  warm-up + cosine for "official", the earlier rounded optax schedule for "optax"."""
+  peaks = {"clip": cfg["lr_clip"], "new": cfg["lr_new"]}
+  if adamw_variant(cfg) == "official":
+    warmup = hf_warmup_steps(total_steps, cfg["warmup_fraction"])
+    return {k: hf_cosine_schedule(v, total_steps, warmup) for k, v in peaks.items()}
+  return {k: optax_cosine_schedule(v, total_steps, cfg["warmup_fraction"])
+          for k, v in peaks.items()}
 
 
 def make_optimizer(cfg: Mapping, total_steps: int) -> tuple[optax.GradientTransformation,
                                                              dict[str, optax.Schedule]]:
   """config.optim -> (optax transformation, {"clip": lr schedule, "new": lr schedule}).
 
-  Global-norm clipping, then AdamW (decoupled weight decay on all parameters) with one
-  learning rate per group.
-  """
-  schedules = {"clip": schedule(cfg["lr_clip"], total_steps, cfg["warmup_fraction"]),
-               "new": schedule(cfg["lr_new"], total_steps, cfg["warmup_fraction"])}
+  Global-norm clipping (skipped when `grad_clip` is 0), then AdamW (decoupled weight decay
+  on all parameters) with one learning rate per group. `cfg["adamw"]` chooses between the
+  official recipe (torch clip, transformers AdamW, transformers schedule) and the earlier
+  optax one (optax.clip_by_global_norm, optax.adamw, `optax_cosine_schedule`).
 
-  def adamw(lr):
-    return optax.adamw(lr, b1=cfg["b1"], b2=cfg["b2"], eps=cfg["eps"],
-                       weight_decay=cfg["weight_decay"])
+  Raises:
+    ValueError: for an unknown `cfg["adamw"]`.
+  """
+  official = adamw_variant(cfg) == "official"
+  schedules = make_schedules(cfg, total_steps)
+  adamw = official_adamw if official else optax.adamw
+  clip = torch_clip_by_global_norm if official else optax.clip_by_global_norm
+
+  def group_tx(lr):
+    return adamw(lr, b1=cfg["b1"], b2=cfg["b2"], eps=cfg["eps"],
+                 weight_decay=cfg["weight_decay"])
 
   tx = optax.chain(
-      optax.clip_by_global_norm(cfg["grad_clip"]) if cfg["grad_clip"] else optax.identity(),
-      optax.multi_transform({k: adamw(s) for k, s in schedules.items()},
+      clip(cfg["grad_clip"]) if cfg["grad_clip"] else optax.identity(),
+      optax.multi_transform({k: group_tx(s) for k, s in schedules.items()},
                             lambda p: param_labels(p, cfg.get("aggregation_group", "clip"))))
   return tx, schedules
 
