@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 import safetensors.numpy
 
-from ps_jax import checkpoints, convert
+from ps_jax import checkpoints, convert, reporting
 from ps_jax.models.clip import ClipConfig, Compute, init_params
 from ps_jax.models.prompt_switch import PromptSwitch, PromptSwitchConfig
 
@@ -44,7 +44,7 @@ def build_model(clip_config: ClipConfig, num_prompts: int = 6, **overrides) -> P
 def dummy_inputs(model: PromptSwitch) -> tuple[jax.Array, jax.Array, jax.Array]:
   """Smallest (input_ids, attention_mask, frames) that `model.init` accepts."""
   size = model.clip.vision.image_size
-  frames = jnp.zeros((1, max(model.config.num_prompts, 1), size, size, 3), jnp.float32)
+  frames = jnp.zeros((1, max(model.config.aggregation_group, 1), size, size, 3), jnp.float32)
   ids = jnp.zeros((1, 2), jnp.int32)
   return ids, jnp.ones_like(ids), frames
 
@@ -61,8 +61,9 @@ def param_shapes(model: PromptSwitch) -> dict:
 
 
 def merge_clip_params(fresh: dict, clip_params: dict) -> dict:
-  """Replaces the CLIP subtrees of `fresh` by `clip_params` and re-initialises the
-  caption head's output layer as a copy of the (loaded) token embedding."""
+  """Replaces the subtrees of `fresh` present in `clip_params` (text_model and
+  vision_model merged one level deep) and re-initialises the caption head's output
+  layer as a copy of the (loaded) token embedding."""
   params = jax.tree_util.tree_map(np.asarray, fresh)
   for key, value in clip_params.items():
     if key in ("text_model", "vision_model"):
@@ -82,14 +83,16 @@ def load_model(path: str, *, clip_config: Any = None, num_prompts: int = 6,
 
   Args:
     path: a HF CLIP directory (config.json + model.safetensors; the new parameters are
-      freshly initialised), an official Prompt Switch `.pth` checkpoint, or a ps_jax
-      checkpoint directory (written by training).
+      freshly initialised), an official Prompt Switch `.pth` checkpoint (one trained
+      with `--loss clip` has no caption head: it is initialised fresh, with a message),
+      or a ps_jax checkpoint directory (written by training).
     clip_config: for a `.pth` only: a HF CLIPConfig, a dict or a directory with
       config.json; default ViT-B/32.
     num_prompts: P; 0 = plain CLIP with mean pooling (no cube, no aggregation, no head).
     rng: PRNG key for new parameters (default PRNGKey(0)).
     use_ema: for a `.pth`, load `state_dict_ema` instead of `state_dict`.
-    **overrides: PromptSwitchConfig fields (switch, aggregate, num_captioner_layers) and
+    **overrides: PromptSwitchConfig fields (switch, aggregate, num_captioner_layers,
+      aggregation_frames: the official run's training num_frames when it exceeds P) and
       Compute fields (dtype, remat_policy, scan_unroll, attention_impl).
 
   Returns:
@@ -103,10 +106,7 @@ def load_model(path: str, *, clip_config: Any = None, num_prompts: int = 6,
     config = ClipConfig() if clip_config is None else ClipConfig.from_hf(clip_config)
     model = build_model(config, num_prompts, **overrides)
     state = convert.read_official_checkpoint(path, use_ema=use_ema)
-    layout = convert.prompt_switch_layout(config, num_prompts, model.config.aggregate,
-                                          model.config.num_captioner_layers)
-    params = convert.import_tensors(state, layout, param_shapes(model), source=path)
-    return model, params
+    return model, official_params(state, model, rng, source=path)
   if os.path.isdir(path):
     if clip_config is not None:
       raise ValueError("clip_config is only for .pth checkpoints; a HF directory has its own "
@@ -117,6 +117,31 @@ def load_model(path: str, *, clip_config: Any = None, num_prompts: int = 6,
     return model, merge_clip_params(init_model_params(model, rng), clip_params)
   raise FileNotFoundError(f"{path!r} is neither a HF CLIP directory, a .pth checkpoint nor a "
                           "ps_jax checkpoint directory")
+
+
+def official_params(state: dict, model: PromptSwitch, rng: jax.Array,
+                    source: str = "checkpoint") -> dict:
+  """`model`'s params from an official state_dict (name -> float32 array).
+
+  A checkpoint trained with the official default `--loss clip` has no caption head; it
+  is complete for retrieval, so the head is then initialised fresh (as the official
+  code initialises it, from `rng`), which is reported. Any other missing, unexpected
+  or mis-shaped tensor is a `convert.LayoutError` naming it.
+  """
+  c = model.config
+  shapes = param_shapes(model)
+  fresh_head = c.num_captioner_layers > 0 and not convert.has_caption_head(state)
+  if fresh_head:
+    shapes = {k: v for k, v in shapes.items() if k != "caption"}
+  layout = convert.prompt_switch_layout(model.clip, c.num_prompts, c.aggregate,
+                                        0 if fresh_head else c.num_captioner_layers)
+  params = convert.import_tensors(state, layout, shapes, source=source)
+  if not fresh_head:
+    return params
+  reporting.say(f"{source} has no caption head weights (an official checkpoint trained "
+                f"with --loss clip): the {c.num_captioner_layers}-layer caption head is "
+                "initialised fresh")
+  return merge_clip_params(init_model_params(model, rng), params)
 
 
 def load_model_dir(workdir: str, step: Optional[int] = None, use_ema: Optional[bool] = None,

@@ -296,6 +296,15 @@ def _packed_attention(name: str, path: tuple[str, ...], layers: int = 0) -> list
           *_linear(f"{name}.out_proj", path + ("out_proj",), layers)]
 
 
+# Official names of the caption head (absent from checkpoints trained with `--loss clip`).
+CAPTION_HEAD_PREFIXES = ("caption_prenorm.", "caption_transformer.", "caption_head.")
+
+
+def has_caption_head(tensors: Mapping[str, Any]) -> bool:
+  """Whether an official state_dict holds any caption head tensor."""
+  return any(name.startswith(CAPTION_HEAD_PREFIXES) for name in tensors)
+
+
 def prompt_switch_layout(clip_config: ClipConfig, num_prompts: int, aggregate: bool = True,
                          num_captioner_layers: int = 2) -> list[Entry]:
   """Layout of the official Prompt Switch `state_dict` names (`clip.` + HF names, ...)."""
@@ -330,8 +339,8 @@ def read_official_checkpoint(path: str, use_ema: bool = False) -> dict[str, np.n
   try:
     import torch  # pylint: disable=g-import-not-at-top
   except ImportError as e:
-    raise ImportError(f"reading {path!r} needs PyTorch (pip install torch==2.13.0); or "
-                      "convert it once with ps_jax.convert.official_to_safetensors") from e
+    raise ImportError(f"reading {path!r} needs PyTorch (pip install torch==2.13.0), "
+                      "only to unpickle the tensors") from e
   if not os.path.exists(path):
     raise FileNotFoundError(f"No such checkpoint: {path!r}")
   try:

@@ -1,5 +1,6 @@
 """Prompt Switch model: switched layer, information flow, gradients, losses, official import."""
 
+import copy
 
 import jax
 import jax.numpy as jnp
@@ -131,6 +132,27 @@ def test_information_crosses_frames_only_within_a_chunk(switch, aggregate):
   np.testing.assert_array_equal(change[3:], 0.0)
 
 
+def test_aggregation_groups_cross_chunks_but_not_clips():
+  # G = 6 frames = 2 chunks of P = 3: every CLS attends to the prompts of both chunks.
+  model, params = _tiny_model(aggregation_frames=6)
+  frames = _frames(6, batch=2)
+  run = lambda x: np.asarray(model.apply({"params": params}, x,
+                                         method="encode_video")["frame_features"])
+  base = run(frames)
+  frames[0, 1] += 1.0
+  change = np.abs(run(frames) - base).max(-1)  # [B, F]
+  assert change[0, 1] > 1e-3 and np.all(change[0, 3:] > 1e-5), change
+  np.testing.assert_array_equal(change[1], 0.0)
+
+
+def test_frames_must_fill_whole_aggregation_groups():
+  model, params = _tiny_model(aggregation_frames=6)
+  with pytest.raises(ValueError, match="multiple of aggregation_frames=6"):
+    model.apply({"params": params}, _frames(3), method="encode_video")
+  with pytest.raises(ValueError, match="aggregation_frames must be 0 or a positive multiple"):
+    ps_jax.build_model(clip.ClipConfig.from_hf(_hf_config()), 3, aggregation_frames=4)
+
+
 def test_frames_are_independent_without_switch_and_aggregation():
   model, params = _tiny_model(switch=False, aggregate=False)
   change = _frame_changes(model, params, j=1)
@@ -176,6 +198,82 @@ def test_new_parameter_initialisation():
   assert not np.any(out["kernel"]) and not np.any(out["bias"])
 
 
+def _official_decoder_init(d, i):
+  """name -> ("uniform", bound) or ("const", value): torch's default initialisation of
+  one nn.TransformerDecoderLayer(d, heads, i), which the official code keeps."""
+  out = {}
+  for attn in ("self_attn", "multihead_attn"):
+    out[f"{attn}.in_proj_weight"] = ("uniform", (6 / (d + 3 * d)) ** 0.5)  # xavier
+    out[f"{attn}.in_proj_bias"] = ("const", 0.0)
+    out[f"{attn}.out_proj.weight"] = ("uniform", d ** -0.5)  # kaiming_uniform(a=sqrt(5))
+    out[f"{attn}.out_proj.bias"] = ("const", 0.0)
+  for lin, fan_in in (("linear1", d), ("linear2", i)):
+    out[f"{lin}.weight"] = out[f"{lin}.bias"] = ("uniform", fan_in ** -0.5)
+  for norm in ("norm1", "norm2", "norm3"):
+    out[f"{norm}.weight"], out[f"{norm}.bias"] = ("const", 1.0), ("const", 0.0)
+  return out
+
+
+def _check_init(name, x, kind, value):
+  x = np.asarray(x, np.float64)
+  if kind == "const":
+    np.testing.assert_array_equal(x, value, err_msg=name)
+    return
+  std = value / np.sqrt(3)  # of U(-bound, bound)
+  assert np.abs(x).max() <= value, name
+  assert abs(x.mean()) < 5 * std / np.sqrt(x.size), name
+  np.testing.assert_allclose(x.std(), std, rtol=0.03 if x.size >= 10000 else 0.12,
+                             err_msg=name)
+
+
+def _caption_layer(tensors, k):
+  prefix = f"caption_transformer.layers.{k}."
+  return {n[len(prefix):]: v for n, v in tensors.items() if n.startswith(prefix)}
+
+
+def _assert_caption_head_starts_like_the_official_one(params):
+  """Identical decoder layers, LayerNorms 1/0, output layer = token embedding, bias 0."""
+  cap = params["caption"]
+  for leaf in jax.tree_util.tree_leaves(cap["decoder"]):
+    for k in range(1, leaf.shape[0]):
+      np.testing.assert_array_equal(leaf[k], leaf[0])
+  for norm in ("prenorm", "norm"):
+    np.testing.assert_array_equal(cap[norm]["scale"], 1.0)
+    np.testing.assert_array_equal(cap[norm]["bias"], 0.0)
+  np.testing.assert_array_equal(cap["head"]["kernel"],
+                                params["text_model"]["token_embedding"]["embedding"].T)
+  np.testing.assert_array_equal(cap["head"]["bias"], 0.0)
+
+
+def test_caption_decoder_starts_like_the_official_torch_decoder():
+  d, i, heads, layers = 128, 512, 4, 3  # wide enough for tight statistics
+  cfg = clip.ClipConfig(
+      text=clip.TextConfig(vocab_size=99, max_position_embeddings=16, hidden_size=d,
+                           intermediate_size=i, num_hidden_layers=1, num_attention_heads=heads),
+      vision=clip.VisionConfig(image_size=32, patch_size=8, hidden_size=48,
+                               intermediate_size=64, num_hidden_layers=1,
+                               num_attention_heads=4), projection_dim=d)
+  model = ps_jax.build_model(cfg, 6, num_captioner_layers=layers)
+  params = ps_jax.api.init_model_params(model, jax.random.PRNGKey(0))
+  _assert_caption_head_starts_like_the_official_one(params)
+  tensors = convert.export_tensors(params, convert.prompt_switch_layout(cfg, 6, True, layers))
+  torch.manual_seed(0)
+  t_layer = torch.nn.TransformerDecoderLayer(d, heads, i)
+  t_decoder = torch.nn.TransformerDecoder(t_layer, layers)  # deep copies of t_layer
+  want = {n: tuple(v.shape) for n, v in t_layer.state_dict().items()}
+  ours = _caption_layer(tensors, 0)
+  assert {n: v.shape for n, v in ours.items()} == want
+  formulas = _official_decoder_init(d, i)
+  assert set(formulas) == set(want)
+  for name, (kind, value) in formulas.items():
+    _check_init("torch " + name, t_layer.state_dict()[name].numpy(), kind, value)
+    _check_init(name, ours[name], kind, value)
+  for k in range(1, layers):
+    for name, value in t_decoder.layers[k].state_dict().items():
+      torch.testing.assert_close(value, t_decoder.layers[0].state_dict()[name])
+      np.testing.assert_array_equal(_caption_layer(tensors, k)[name], ours[name])
+
+
 # ----------------------------------------------------------------------------- losses
 
 
@@ -216,10 +314,22 @@ def test_contrastive_loss_matches_formula():
 # ----------------------------------------------------------------------------- official
 
 
-@pytest.mark.parametrize("num_frames", [6, 12])
-def test_reproduces_the_official_model(official, num_frames):
+def _reference_with_groups(ref, group_frames):
+  """The reference with the official vision config's num_frames = `group_frames`."""
+  ref = copy.deepcopy(ref)
+  ref.nf = group_frames or P
+  return ref
+
+
+# (F frames given, G = the official run's training num_frames; 0 = P): official defaults
+# train with 6 and test with 12 frames (two groups of one chunk); trained with 12 frames,
+# every CLS attends to the prompts of both chunks, at training and at test.
+@pytest.mark.parametrize("num_frames,group", [(6, 0), (12, 0), (12, 12), (24, 12)])
+def test_reproduces_the_official_model(official, num_frames, group):
   ref, path, hf_config = official
-  model, params = ps_jax.load_model(path, clip_config=hf_config, num_prompts=P)
+  ref = _reference_with_groups(ref, group)
+  model, params = ps_jax.load_model(path, clip_config=hf_config, num_prompts=P,
+                                    aggregation_frames=group)
   frames = _frames(num_frames, seed=num_frames)
   ids, mask = random_text_batch(np.random.default_rng(1), 2, 16, 99)
   with torch.no_grad():
@@ -237,6 +347,10 @@ def test_reproduces_the_official_model(official, num_frames):
   np.testing.assert_allclose(model.apply(v, ids, frames, method="caption_logits"),
                              want_logits, atol=1e-4)
   assert np.std(want_logits) > 0.05  # random weights: a vacuous match is impossible
+  if group > P:  # per-chunk aggregation would not match
+    chunked, _ = ps_jax.load_model(path, clip_config=hf_config, num_prompts=P)
+    per_chunk = chunked.apply(v, frames, method="encode_video")["frame_features"]
+    assert np.abs(np.asarray(per_chunk) - want_feats).max() > 1e-3
 
 
 def test_official_import_rejects_unexpected_and_missing_keys(official, tmp_path):
@@ -252,6 +366,35 @@ def test_official_import_rejects_unexpected_and_missing_keys(official, tmp_path)
   assert "missing: caption_head.bias" in str(err.value)
   with pytest.raises(convert.LayoutError, match="prompt_embedding: expected shape"):
     ps_jax.load_model(official[1], clip_config=hf_config, num_prompts=4)
+
+
+def test_official_checkpoint_without_caption_head_loads(official, tmp_path, capsys):
+  ref, _, hf_config = official  # as trained with the official default --loss clip
+  state = {k: v for k, v in ref.state_dict().items() if not k.startswith("caption_")}
+  path = str(tmp_path / "retrieval_only.pth")
+  torch.save({"state_dict": state}, path)
+  capsys.readouterr()
+  model, params = ps_jax.load_model(path, clip_config=hf_config, num_prompts=P)
+  assert "has no caption head weights" in capsys.readouterr().out
+  _assert_caption_head_starts_like_the_official_one(params)
+  frames = _frames(12, seed=7)
+  ids, mask = random_text_batch(np.random.default_rng(2), 2, 16, 99)
+  with torch.no_grad():
+    want_text = ref.encode_text(torch.from_numpy(ids).long(), torch.from_numpy(mask)).numpy()
+    _, want_video = ref.encode_video(torch.from_numpy(frames.transpose(0, 1, 4, 2, 3).copy()))
+  v = {"params": params}
+  np.testing.assert_allclose(model.apply(v, ids, mask, method="encode_text"), want_text,
+                             atol=1e-4)
+  np.testing.assert_allclose(model.apply(v, frames, method="encode_video")["video_embedding"],
+                             want_video.numpy(), atol=1e-4)
+  assert np.all(np.isfinite(model.apply(v, ids, frames, method="caption_logits")))
+  # Any other missing tensor is still an error that names it.
+  del state["clip.vision_model.attn.in_proj_bias"]
+  torch.save({"state_dict": state}, path)
+  with pytest.raises(convert.LayoutError) as err:
+    ps_jax.load_model(path, clip_config=hf_config, num_prompts=P)
+  assert "missing: clip.vision_model.attn.in_proj_bias" in str(err.value)
+  assert "caption" not in str(err.value)
 
 
 def test_export_official_loads_strictly_into_torch(official, tmp_path):
@@ -278,6 +421,7 @@ def test_load_model_from_hf_dir_initialises_new_parts(tmp_path):
   np.testing.assert_array_equal(params["caption"]["head"]["kernel"], emb.T)
   np.testing.assert_array_equal(
       emb, hf.text_model.embeddings.token_embedding.weight.detach().numpy())
+  _assert_caption_head_starts_like_the_official_one(params)
   # num_prompts=0: plain CLIP, mean pooling of normalised image features.
   base, bparams = ps_jax.load_model(str(tmp_path), num_prompts=0)
   assert "caption" not in bparams and "prompt" not in bparams["vision_model"]

@@ -11,12 +11,18 @@ import transformers
 
 
 class TorchPromptSwitch(nn.Module):
-  """clip.* (HF CLIPModel + prompt_embedding + attn), caption_prenorm/transformer/head."""
+  """clip.* (HF CLIPModel + prompt_embedding + attn), caption_prenorm/transformer/head.
+
+  `num_frames` is the official vision config's num_frames (the training clip length,
+  which the official model keeps at test): the aggregation reshapes the flat frame
+  batch into groups of that many frames, as the official CLIPVisionTransformer does.
+  """
 
   def __init__(self, hf_config: transformers.CLIPConfig, num_prompts: int,
-               num_captioner_layers: int = 2):
+               num_captioner_layers: int = 2, num_frames: int = 0):
     super().__init__()
     self.p = num_prompts
+    self.nf = num_frames or num_prompts
     self.clip = transformers.CLIPModel(hf_config)
     vis, txt = hf_config.vision_config, hf_config.text_config
     d = vis.hidden_size
@@ -49,8 +55,10 @@ class TorchPromptSwitch(nn.Module):
       y = torch.cat([y[:, :-p], cube], dim=1)
       h = h + layer.self_attn(hidden_states=y)[0]
       h = h + layer.mlp(layer.layer_norm2(h))
-    cls = h[:, 0].reshape(-1, p, d)
-    prompts = h[:, -p:].reshape(-1, p * p, d)
+    # Official: bs = (B*F) // nf; q = CLS [bs, nf, D]; kv = the nf*P prompts of the group.
+    groups = b * f // self.nf
+    cls = h[:, 0].reshape(groups, self.nf, d)
+    prompts = h[:, -p:].reshape(groups, self.nf * p, d)
     cls = cls + vm.attn(cls, prompts, prompts, need_weights=False)[0]
     cls = vm.post_layernorm(cls.reshape(-1, d))
     return self.clip.visual_projection(cls).reshape(b, f, -1)

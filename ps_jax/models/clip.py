@@ -263,26 +263,27 @@ class VisionEmbeddings(nn.Module):
 
 
 class PromptAggregation(nn.Module):
-  """Per chunk, the P CLS states attend to the chunk's P*P final prompt states.
+  """Per group of G consecutive frames, the G CLS states attend to the group's G*P final
+  prompt states (the official model's groups are its training `num_frames` frames).
 
   torch.nn.MultiheadAttention semantics (packed in-projection with bias, heads = vision
   heads), no LayerNorm on the prompts, output projection initialised to zero so that
   it starts as the identity: cls <- cls + attn(cls, prompts).
   """
   num_heads: int
-  num_prompts: int
+  group_frames: int
   dtype: Any = jnp.float32
   attention_impl: str = "xla"
 
   @nn.compact
   def __call__(self, cls: Array, prompts: Array) -> Array:
-    """cls: [C*P, D]; prompts: [C*P, P, D] (chunk-major frames) -> updated cls [C*P, D]."""
-    p = self.num_prompts
-    cp, d = cls.shape
+    """cls: [n*G, D]; prompts: [n*G, P, D] (frames in groups of G) -> cls [n*G, D]."""
+    g = self.group_frames
+    ng, p, d = prompts.shape
     out = L.PackedAttention(self.num_heads, self.dtype, self.attention_impl, zero_out=True,
-                            name="attn")(cls.reshape(cp // p, p, d),
-                                         prompts.reshape(cp // p, p * p, d))
-    return cls + out.reshape(cp, d)
+                            name="attn")(cls.reshape(ng // g, g, d),
+                                         prompts.reshape(ng // g, g * p, d))
+    return cls + out.reshape(ng, d)
 
 
 class VisionTransformer(nn.Module):
@@ -291,8 +292,9 @@ class VisionTransformer(nn.Module):
   With `num_prompts = P > 0` the batch is chunk-major frames (P consecutive frames form a
   chunk, an independent clip), the (P, P, D) prompt cube is appended after `pre_layrnorm`
   (row i after frame i's N tokens, no position embedding), the scanned encoder switches
-  it in every layer (if `switch`), and the CLS states aggregate the chunk's final prompts
-  (if `aggregate`) before `post_layernorm`.
+  it in every layer (if `switch`), and the CLS states aggregate the final prompts of
+  their group of `aggregation_frames` consecutive frames (0 = P: their chunk), if
+  `aggregate`, before `post_layernorm`.
   """
   config: VisionConfig
   num_prompts: int = 0
@@ -300,6 +302,7 @@ class VisionTransformer(nn.Module):
   aggregate: bool = True
   prompt_init_scale: float = 1.0
   compute: Compute = Compute()
+  aggregation_frames: int = 0
 
   def setup(self):
     c = self.config
@@ -315,21 +318,25 @@ class VisionTransformer(nn.Module):
     self.encoder = Encoder(c.num_hidden_layers, c.num_attention_heads, c.intermediate_size,
                            c.layer_norm_eps, c.hidden_act, p, self.switch, self.compute)
     if p and self.aggregate:
-      self.aggregation = PromptAggregation(c.num_attention_heads, p, dtype,
+      self.aggregation = PromptAggregation(c.num_attention_heads,
+                                           self.aggregation_frames or p, dtype,
                                            self.compute.attention_impl)
     self.post_layernorm = L.LayerNorm(c.layer_norm_eps, dtype)
 
   def __call__(self, pixels: Array) -> Array:
     """pixels float[B, H, W, 3] (CLIP-normalised) -> pooled states [B, D] (after post LN).
 
-    With prompts, B = chunks * P frames, chunk-major.
+    With prompts, B = chunks * P frames, chunk-major (and a multiple of the
+    aggregation group).
     """
     dtype = self.compute.jnp_dtype
     x = self.pre_layrnorm(self.embeddings(pixels, dtype))
     p = self.num_prompts
     if p:
-      if x.shape[0] % p:
-        raise ValueError(f"{x.shape[0]} frames is not a multiple of num_prompts={p}")
+      group = (self.aggregation_frames or p) if self.aggregate else p
+      if x.shape[0] % group:
+        raise ValueError(f"{x.shape[0]} frames is not a multiple of the {group}-frame "
+                         f"groups of num_prompts={p} and aggregation_frames")
       cube = jnp.tile(self.prompt.astype(dtype), (x.shape[0] // p, 1, 1))
       x = jnp.concatenate([x, cube], axis=1)
     x = self.encoder(x)

@@ -30,6 +30,27 @@ def dense_init(stddev: float = 0.02):
   return nn.initializers.normal(stddev)
 
 
+def torch_linear_init() -> Callable:
+  """`torch.nn.Linear`'s default weight initialisation on a kernel [in, out].
+
+  kaiming_uniform(a=sqrt(5)) over fan_in = in: U(-1/sqrt(in), 1/sqrt(in)).
+  """
+  return nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
+
+
+def torch_bias_init(fan_in: int) -> Callable:
+  """`torch.nn.Linear`'s default bias initialisation: U(-1/sqrt(fan_in), 1/sqrt(fan_in)).
+
+  Args:
+    fan_in: input width of the layer the bias belongs to.
+  """
+  bound = fan_in ** -0.5
+
+  def init(key: Array, shape: Sequence[int], dtype: Dtype = jnp.float32) -> Array:
+    return jax.random.uniform(key, shape, dtype, -bound, bound)
+  return init
+
+
 def partitioned(init: Callable, names: Sequence[Optional[str]]) -> Callable:
   """Attaches logical axis names to a parameter initialiser (read by sharding rules)."""
   return nn.with_logical_partitioning(init, tuple(names))
@@ -125,6 +146,7 @@ class Dense(nn.Module):
   use_bias: bool = True
   dtype: Dtype = jnp.float32
   kernel_init: Callable = dense_init()
+  bias_init: Callable = nn.initializers.zeros
 
   @nn.compact
   def __call__(self, x: Array) -> Array:
@@ -132,7 +154,7 @@ class Dense(nn.Module):
                         (x.shape[-1], self.features), jnp.float32)
     y = matmul(x, kernel, self.dtype)
     if self.use_bias:
-      y = y + self.param("bias", partitioned(nn.initializers.zeros, (self.names[1],)),
+      y = y + self.param("bias", partitioned(self.bias_init, (self.names[1],)),
                          (self.features,), jnp.float32)
     return y.astype(self.dtype)
 
@@ -233,7 +255,8 @@ class PackedAttention(nn.Module):
   """`torch.nn.MultiheadAttention` semantics: packed q/k/v in-projection with bias.
 
   Params: in_proj/{kernel [D, 3D], bias [3D]} (torch in_proj_weight transposed) and
-  out_proj/{kernel, bias}; `zero_out` initialises the output projection to zero.
+  out_proj/{kernel, bias}. Initialised as torch does: in_proj kernel xavier_uniform over
+  the packed [D, 3D], out_proj kernel `torch_linear_init` (zero with `zero_out`), biases 0.
   """
   num_heads: int
   dtype: Dtype = jnp.float32
@@ -255,6 +278,6 @@ class PackedAttention(nn.Module):
                                + in_bias[part * d:(part + 1) * d]).astype(self.dtype)
     q, k, v = split(in_proj(x, 0)), split(in_proj(memory, 1)), split(in_proj(memory, 2))
     out = dot_product_attention(q, k, v, bias, self.attention_impl).reshape(*x.shape[:-1], d)
-    out_init = nn.initializers.zeros if self.zero_out else dense_init()
+    out_init = nn.initializers.zeros if self.zero_out else torch_linear_init()
     return Dense(d, ("joined_kv", "embed"), dtype=self.dtype, kernel_init=out_init,
                  name="out_proj")(out)

@@ -30,13 +30,26 @@ class PromptSwitchConfig:
   """What Prompt Switch adds to CLIP; the switches exist for ablations."""
   num_prompts: int = 6           # P; 0 = plain CLIP with mean pooling (CLIP4Clip baseline)
   switch: bool = True            # transpose the prompt cube before every self-attention
-  aggregate: bool = True         # CLS attends to the chunk's prompts after the last layer
+  aggregate: bool = True         # CLS attends to its group's prompts after the last layer
   num_captioner_layers: int = 2  # 0 = no caption head
   prompt_init_scale: float = 1.0  # x the official std D^-0.5 * 0.02 of the cube's init
+  # G: the aggregation groups G consecutive frames of a clip (every CLS attends to the
+  # G*P prompts of its group). The official model fixes G to its training num_frames,
+  # at training and at test. 0 = P, one chunk (official default: num_frames = P = 6).
+  aggregation_frames: int = 0
+
+  @property
+  def aggregation_group(self) -> int:
+    """G, the frames whose prompts a CLS state attends to (P when the field is 0)."""
+    return self.aggregation_frames or self.num_prompts
 
   def validate(self, clip: ClipConfig) -> "PromptSwitchConfig":
     if self.num_prompts < 0:
       raise ValueError(f"num_prompts must be >= 0, got {self.num_prompts}")
+    g, p = self.aggregation_frames, self.num_prompts
+    if g < 0 or (g and (not p or g % p)):
+      raise ValueError(f"aggregation_frames must be 0 or a positive multiple of "
+                       f"num_prompts={p} (the official model's training num_frames), got {g}")
     if self.num_captioner_layers and clip.projection_dim != clip.text.hidden_size:
       raise ValueError(
           f"the caption head cross-attends from the text width ({clip.text.hidden_size}) to "
@@ -46,7 +59,11 @@ class PromptSwitchConfig:
 
 
 class DecoderLayer(nn.Module):
-  """`torch.nn.TransformerDecoderLayer` (post-norm, ReLU, no dropout at inference)."""
+  """`torch.nn.TransformerDecoderLayer` (post-norm, ReLU, no dropout at inference).
+
+  Initialised with torch's defaults: attention as `layers.PackedAttention`, linear1 and
+  linear2 weights and biases U(-1/sqrt(fan_in), 1/sqrt(fan_in)), LayerNorms 1 and 0.
+  """
   num_heads: int
   intermediate_size: int
   eps: float = 1e-5
@@ -60,13 +77,22 @@ class DecoderLayer(nn.Module):
     x = L.LayerNorm(self.eps, dtype, name="norm1")(x)
     x = x + L.PackedAttention(self.num_heads, dtype, impl, name="multihead_attn")(x, memory)
     x = L.LayerNorm(self.eps, dtype, name="norm2")(x)
-    h = L.Dense(self.intermediate_size, ("embed", "mlp"), dtype=dtype, name="linear1")(x)
-    h = L.Dense(x.shape[-1], ("mlp", "embed"), dtype=dtype, name="linear2")(jax.nn.relu(h))
+    d, i = x.shape[-1], self.intermediate_size
+    h = L.Dense(i, ("embed", "mlp"), dtype=dtype, kernel_init=L.torch_linear_init(),
+                bias_init=L.torch_bias_init(d), name="linear1")(x)
+    h = L.Dense(d, ("mlp", "embed"), dtype=dtype, kernel_init=L.torch_linear_init(),
+                bias_init=L.torch_bias_init(i), name="linear2")(jax.nn.relu(h))
     return L.LayerNorm(self.eps, dtype, name="norm3")(x + h), None
 
 
 class CaptionHead(nn.Module):
-  """Predicts the caption from the frame features (training-only auxiliary task)."""
+  """Predicts the caption from the frame features (training-only auxiliary task).
+
+  Initialisation follows the official model: every decoder layer starts from the same
+  values (torch's TransformerDecoder deep-copies one layer; here the scan gives every
+  layer the same params RNG), LayerNorms 1 and 0, and the output layer is a copy of the
+  token embedding with a zero bias.
+  """
   config: ClipConfig
   num_layers: int
   compute: Compute = Compute()
@@ -83,7 +109,7 @@ class CaptionHead(nn.Module):
     if self.compute.remat_policy != "none":
       layer = nn.remat(layer, prevent_cse=False,
                        policy=L.REMAT_POLICIES[self.compute.remat_policy])
-    decoder = nn.scan(layer, variable_axes={"params": 0}, split_rngs={"params": True},
+    decoder = nn.scan(layer, variable_axes={"params": 0}, split_rngs={"params": False},
                       in_axes=(nn.broadcast, nn.broadcast), length=self.num_layers,
                       unroll=self.compute.scan_unroll,
                       metadata_params={nn.PARTITION_NAME: "layers"})
@@ -111,7 +137,8 @@ class PromptSwitch(nn.Module):
     dtype = self.compute.jnp_dtype
     self.text_model = TextTransformer(c.text, self.compute)
     self.vision_model = VisionTransformer(c.vision, ps.num_prompts, ps.switch, ps.aggregate,
-                                          ps.prompt_init_scale, self.compute)
+                                          ps.prompt_init_scale, self.compute,
+                                          ps.aggregation_frames)
     self.text_projection = L.Dense(c.projection_dim, ("embed", "proj"), use_bias=False,
                                    dtype=dtype)
     self.visual_projection = L.Dense(c.projection_dim, ("embed", "proj"), use_bias=False,
@@ -133,13 +160,19 @@ class PromptSwitch(nn.Module):
     return l2_normalize(feats)
 
   def encode_video(self, frames: Array) -> dict[str, Array]:
-    """frames float32[B, F, H, W, 3] (CLIP-normalised, chunk-major, F % P == 0) ->
+    """frames float32[B, F, H, W, 3] (CLIP-normalised, chunk-major, F % P == 0 and, with
+    the aggregation, F % G == 0) ->
     {"frame_features": float32[B, F, E] (projected, not normalised),
      "video_embedding": float32[B, E] (normalised mean of normalised frame features)}."""
     b, f = frames.shape[:2]
-    p = self.config.num_prompts
+    p, g = self.config.num_prompts, self.config.aggregation_group
     if p and f % p:
       raise ValueError(f"number of frames F={f} must be a multiple of num_prompts={p}")
+    if p and self.config.aggregate and f % g:
+      raise ValueError(
+          f"number of frames F={f} must be a multiple of aggregation_frames={g}: the "
+          "official aggregation groups the frames of its training clips (num_frames), and "
+          "a clip that is not a whole number of such groups would mix clips")
     pooled = self.vision_model(frames.reshape(b * f, *frames.shape[2:]))
     feats = self.visual_projection(pooled).astype(jnp.float32).reshape(b, f, -1)
     video = l2_normalize(jnp.mean(l2_normalize(feats), axis=1))
