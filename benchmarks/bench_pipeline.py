@@ -5,11 +5,12 @@
       [--batches 12] [--workers 0,1,2]
 
 Renders moving_shapes clips at a 16:9 video size, writes them as H.264 .mp4 files,
-runs the prepare step (PyAV decode -> TFDS ArrayRecord with raw uint8 frames) in a
-temporary directory and prints:
+runs the prepare step (PyAV decode -> TFDS ArrayRecord; moving_shapes is stored as raw
+uint8 frames) in a temporary directory and prints:
   - prepare throughput (videos/s) and the stored size per video, raw vs. .mp4;
-  - the cost of reading one stored clip raw vs. the JPEG decode a JPEG-based format
-    would add (why frames are stored raw);
+  - the cost of reading one stored clip raw vs. the JPEG decode of the same frames
+    (flat synthetic shapes; `bench_storage.py` compares the two formats on a realistic
+    clip, which is what chose JPEG for real datasets);
   - a table of training-pipeline throughput (frames/s in total and per worker process)
     for each grain worker count.
 On a 2-core CPU the defaults take about a minute.

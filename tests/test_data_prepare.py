@@ -12,6 +12,7 @@ import pytest
 from ps_jax.data import annotations as A
 from ps_jax.data import builders
 from ps_jax.data import decoding as D
+from ps_jax.data import frame_store
 from ps_jax.data import moving_shapes as M
 from ps_jax.data import pipeline
 from ps_jax.data import prepare as P
@@ -72,9 +73,13 @@ def test_msrvtt_real_ids_through_prepare_and_pipeline(tmp_path):
   source = splits["test"].open_source()
   record = source[1]
   assert record["video_id"] == test_ids[1].encode()
-  assert record["frames"].shape == (6, 24, 36, 3) and record["frames"].dtype == np.uint8
+  assert "frames" not in record and len(record["jpeg_offsets"]) == 7  # JPEG by default
+  assert splits["test"].encoding == "jpeg" and splits["test"].sample_on_source
+  frames = frame_store.StoredVideo.from_record(record).all_frames()
+  assert frames.shape == (6, 24, 36, 3) and frames.dtype == np.uint8
   np.testing.assert_array_equal(record["frame_indices"], [0, 2, 4, 5, 7, 9])
-  grey = record["frames"].reshape(6, -1).mean(1)
+  assert record["num_source_frames"] == 10
+  grey = frames.reshape(6, -1).mean(1)
   np.testing.assert_allclose(grey, 20 + 4 * record["frame_indices"], atol=2.5)
 
   tok = _word_tokenizer([c for cs in splits["train_full"].captions + splits["test"].captions
@@ -206,7 +211,7 @@ def test_interrupted_prepare_resumes(tmp_path, monkeypatch):
   monkeypatch.setattr(D, "decode_to_cache", decode_then_stop)
   with pytest.raises(_Interrupt):
     P.prepare("moving_shapes", **kwargs)
-  cache = out / P.CACHE_DIR / "moving_shapes-custom-k32-snative"
+  cache = out / P.CACHE_DIR / "moving_shapes-custom-kall-snative-rsrc-raw"
   assert len(list(cache.glob("*.npz"))) == 4 and not list(cache.glob("*.attempts"))
   assert not (out / "moving_shapes" / "custom" / "1.0.0").exists()
 

@@ -130,3 +130,86 @@ def test_whole_frame_crop_is_the_identity_pil_would_give():
         crop.map({"frames": frames, "rng": np.random.default_rng(seed)})["frames"], frames)
   # A real crop still resizes.
   assert not np.array_equal(T.crop_resize(frames, (2, 2, 12, 12), 16), frames)
+
+
+# ----------------------------------------------------------------------------- torch
+
+
+def _natural_frames(rng, t, h, w):
+  """Smooth gradients plus texture and noise: edges for the kernels to disagree on."""
+  y, x = np.mgrid[0:h, 0:w].astype(np.float32)
+  base = 127 + 90 * np.sin(x / 17.0)[..., None] * np.cos(y / 23.0)[..., None]
+  frames = base[None] + rng.normal(0, 30, size=(t, h, w, 3))
+  frames[:, h // 3:h // 2, w // 4:w // 2] = 255.0  # a saturated block: bicubic overshoots
+  frames[:, h // 2:, :w // 5] = 0.0
+  return np.clip(frames, 0, 255).astype(np.uint8)
+
+
+def _torch_interpolate(frames, size, mode):
+  """The official transforms' resampling: float tensors frames / 255, NCHW, x 255 back."""
+  torch = pytest.importorskip("torch")
+  x = torch.from_numpy(frames).permute(0, 3, 1, 2).float() / 255.0
+  y = torch.nn.functional.interpolate(x, size=size, mode=mode, align_corners=False,
+                                      antialias=False)
+  return y.permute(0, 2, 3, 1).numpy().astype(np.float64) * 255.0
+
+
+# Tolerance: ours is torch's value rounded to uint8, so |ours - torch| <= 0.5 (+ float32
+# rounding, < 1e-3 here) wherever torch stays in [0, 255]; bicubic overshoot beyond is
+# clipped (the official float pipeline keeps it), so compare with torch clipped.
+_TOL = 0.5 + 1e-3
+
+
+@pytest.mark.parametrize("shape,size", [((224, 398), 224), ((240, 320), 224),
+                                        ((256, 455), 224), ((37, 53), 16)])
+def test_bilinear_crop_matches_torch_interpolate(shape, size):
+  rng = np.random.default_rng(sum(shape))
+  frames = _natural_frames(rng, 3, *shape)
+  for _ in range(6):
+    top, left, h, w = T.random_resized_crop_box(*shape, rng)
+    ours = T.crop_resize(frames, (top, left, h, w), size, "bilinear")
+    ref = _torch_interpolate(frames[:, top:top + h, left:left + w], (size, size), "bilinear")
+    assert ours.shape == (3, size, size, 3) and ours.dtype == np.uint8
+    diff = np.abs(ours - ref)
+    assert diff.max() <= _TOL, (top, left, h, w, diff.max())
+    assert diff.mean() < 0.3  # rounding error, not a shifted grid
+  # Strong up- and down-scaling of a small box.
+  for box in [(3, 5, 7, 9), (0, 0, shape[0], shape[1]), (1, 2, shape[0] - 1, shape[1] - 3)]:
+    ours = T.crop_resize(frames, box, size, "bilinear")
+    top, left, h, w = box
+    ref = _torch_interpolate(frames[:, top:top + h, left:left + w], (size, size), "bilinear")
+    assert np.abs(ours - ref).max() <= _TOL
+
+
+def test_bicubic_crop_is_the_earlier_pillow_crop():
+  from PIL import Image
+  frames = _natural_frames(np.random.default_rng(2), 2, 40, 60)
+  box = (3, 7, 30, 41)
+  out = T.crop_resize(frames, box, 24, "bicubic")
+  for t in range(2):
+    np.testing.assert_array_equal(out[t], np.asarray(Image.fromarray(frames[t]).resize(
+        (24, 24), Image.BICUBIC, box=(7, 3, 48, 33))))
+  with pytest.raises(ValueError, match="interpolation 'nearest'"):
+    T.crop_resize(frames, box, 24, "nearest")
+  with pytest.raises(ValueError, match="crop interpolation 'area'"):
+    T.RandomResizedCropFlip(24, interpolation="area")
+
+
+def test_eval_resize_center_crop_matches_torch():
+  rng = np.random.default_rng(7)
+  # Short side already 224 (the stored size): Resize is the identity, an exact crop.
+  frames = _natural_frames(rng, 2, 224, 398)
+  np.testing.assert_array_equal(T.resize_center_crop(frames, 224), frames[:, :, 87:311])
+  tall = _natural_frames(rng, 1, 300, 224)
+  np.testing.assert_array_equal(T.resize_center_crop(tall, 224), tall[:, 38:262])
+  # Otherwise: torch bicubic to (224, int(224 * long / short)), then the centre crop.
+  for shape in [(256, 455), (240, 320), (160, 213), (341, 256)]:
+    frames = _natural_frames(rng, 2, *shape)
+    h, w = shape
+    new = (224, int(224 * w / h)) if h <= w else (int(224 * h / w), 224)
+    ref = _torch_interpolate(frames, new, "bicubic")
+    top, left = int(round((new[0] - 224) / 2)), int(round((new[1] - 224) / 2))
+    ref = np.clip(ref[:, top:top + 224, left:left + 224], 0, 255)
+    ours = T.resize_center_crop(frames, 224)
+    assert ours.shape == (2, 224, 224, 3)
+    assert np.abs(ours - ref).max() <= _TOL, shape

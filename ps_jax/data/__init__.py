@@ -8,11 +8,12 @@ importing only modules listed below it (`.importlinter`, contract "ps_jax.data l
   eval_pipeline  every video of a split once, in padded global batches, plus captions.
   tokenizers     which tokenizer goes with an experiment or a model (a storable spec).
   decoding       decoding into a frame cache in crash-isolated worker processes.
-  reading        frames of a prepared record, shard defaults, pipeline checks.
+  reading        records of a prepared split as stored videos, shard defaults, checks.
   moving_shapes  synthetic text-video benchmark needing temporal order (reversed twins).
   builders       TFDS ArrayRecord builders, writing and reading prepared datasets.
-  transforms     per-example grain transforms and `normalize_frames`.
-  video          PyAV decoding into K evenly spread uint8 frames, typed errors.
+  transforms     per-example grain transforms (torch-matching resampling), normalisation.
+  video          PyAV decoding into all or K evenly spread uint8 frames, typed errors.
   annotations    MSR-VTT / MSVD / LSMDC parsers and the seeded validation hold-out.
-  sampling       official chunked `rand` / `uniform` frame sampling.
+  frame_store    a record's frames, raw or JPEG, decoded on demand; official sampling.
+  sampling       official chunked `rand` / `uniform` frame sampling, re-timing.
 """

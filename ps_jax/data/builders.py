@@ -7,19 +7,24 @@ video:
 
   video_id           str
   captions           str[num_captions]   every caption of the video
-  frames             uint8[K, H, W, 3]   raw bytes (no image/video codec), K <= K_max
+  frames             uint8[K, H, W, 3]   encoding "raw": the pixels, no codec
+  jpeg, jpeg_offsets uint8[N], int64[K+1] encoding "jpeg": one JPEG file per frame
   frame_indices      int32[K]            index of each kept frame in the source video
-  num_source_frames  int32               frames the source video yielded
+  num_source_frames  int32               frames of the source video (n)
 
-Records are written in annotation order (`disable_shuffling`), so record i is the i-th
-written video of its split. Next to the TFDS files, `ps_jax_index.json` holds every
-split's video ids and captions (so the training pipeline can enumerate (video,
-caption) pairs without reading frames) and the virtual splits: for MSR-VTT and LSMDC
+(`frame_store` describes and decodes the two encodings.) Records are written in
+annotation order (`disable_shuffling`), so record i is the i-th written video of its
+split. Next to the TFDS files, `ps_jax_index.json` holds every split's video ids and
+captions (so the training pipeline can enumerate (video, caption) pairs without reading
+frames), the frame encoding and the virtual splits: for MSR-VTT and LSMDC
 `train` is the official training set minus a seeded hold-out, `val` is the hold-out and
 `train_full` the whole official training set. `write_dataset` writes such a directory
 (the prepare step's write phase).
 
-Layer: data (TFDS only).
+Index format 2 (now) samples frames on `num_source_frames`; format 1 (datasets written
+before it: raw frames only) samples among the K stored frames, as it did then.
+
+Layer: data (imports `frame_store`).
 """
 
 from __future__ import annotations
@@ -37,18 +42,29 @@ import numpy as np
 import tensorflow_datasets as tfds
 from tensorflow_datasets.core.utils import tqdm_utils
 
+from ps_jax.data import frame_store
+
 INDEX_FILE = "ps_jax_index.json"
-INDEX_FORMAT = 1
+INDEX_FORMAT = 2
+READABLE_FORMATS = (1, 2)  # 1: sample among the stored frames (before the source count)
 _VERSION_RE = re.compile(r"^\d+\.\d+\.\d+$")
 
 
-def features() -> tfds.features.FeaturesDict:
+def features(encoding: str = "raw") -> tfds.features.FeaturesDict:
   """The TFDS feature spec of one video record (see the module docstring)."""
+  if encoding not in frame_store.ENCODINGS:
+    raise ValueError(f"frame encoding {encoding!r} is not one of {frame_store.ENCODINGS}")
+  if encoding == "raw":
+    frames = {"frames": tfds.features.Tensor(shape=(None, None, None, 3), dtype=np.uint8,
+                                             encoding=tfds.features.Encoding.BYTES)}
+  else:
+    frames = {"jpeg": tfds.features.Tensor(shape=(None,), dtype=np.uint8,
+                                           encoding=tfds.features.Encoding.BYTES),
+              "jpeg_offsets": tfds.features.Tensor(shape=(None,), dtype=np.int64)}
   return tfds.features.FeaturesDict({
       "video_id": tfds.features.Text(),
       "captions": tfds.features.Sequence(tfds.features.Text()),
-      "frames": tfds.features.Tensor(shape=(None, None, None, 3), dtype=np.uint8,
-                                     encoding=tfds.features.Encoding.BYTES),
+      **frames,
       "frame_indices": tfds.features.Tensor(shape=(None,), dtype=np.int32),
       "num_source_frames": tfds.features.Tensor(shape=(), dtype=np.int32),
   })
@@ -58,7 +74,8 @@ def features() -> tfds.features.FeaturesDict:
 class PlannedVideo:
   """A video to write: ids and captions now, frames on demand.
 
-  `load()` returns (frames uint8[K, H, W, 3], frame_indices int32[K], num_source_frames).
+  `load()` returns (frames, frame_indices int32[K], num_source_frames): frames are
+  uint8[K, H, W, 3] or a `frame_store.JpegFrames`, stored in the dataset's encoding.
   """
   video_id: str
   captions: tuple[str, ...]
@@ -82,10 +99,12 @@ class _VideoTextBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True)
 
   def __init__(self, *, plan: Mapping[str, Sequence[PlannedVideo]] | None = None,
                index: dict | None = None, extra_files: Mapping[str, str] | None = None,
+               encoding: str = "raw", jpeg_quality: int = frame_store.DEFAULT_JPEG_QUALITY,
                **kwargs):
     self._plan = plan or {}
     self._index = index
     self._extra_files = dict(extra_files or {})
+    self._encoding, self._jpeg_quality = encoding, jpeg_quality
     super().__init__(file_format="array_record", **kwargs)
 
   @tfds.core.utils.classproperty
@@ -97,7 +116,7 @@ class _VideoTextBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True)
 
   def _info(self) -> tfds.core.DatasetInfo:
     return _LocalDatasetInfo(builder=self, description=self.DESCRIPTION,
-                             features=features(), disable_shuffling=True)
+                             features=features(self._encoding), disable_shuffling=True)
 
   def _split_generators(self, dl_manager):
     del dl_manager
@@ -107,7 +126,7 @@ class _VideoTextBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True)
     for i, video in enumerate(self._plan[split]):
       frames, frame_indices, num_source_frames = video.load()
       yield i, {"video_id": video.video_id, "captions": list(video.captions),
-                "frames": np.ascontiguousarray(frames, dtype=np.uint8),
+                **frame_store.record_fields(frames, self._encoding, self._jpeg_quality),
                 "frame_indices": np.asarray(frame_indices, np.int32),
                 "num_source_frames": np.int32(num_source_frames)}
 
@@ -208,9 +227,9 @@ def read_index(version_dir: str) -> dict:
   except (OSError, json.JSONDecodeError) as e:
     raise DatasetNotFoundError(f"{path!r} is missing or unreadable ({e}); was this "
                                "directory written by ps_jax.data.prepare?") from e
-  if index.get("format") != INDEX_FORMAT:
-    raise ValueError(f"{path!r} has index format {index.get('format')}, expected "
-                     f"{INDEX_FORMAT}")
+  if index.get("format") not in READABLE_FORMATS:
+    raise ValueError(f"{path!r} has index format {index.get('format')}, expected one of "
+                     f"{READABLE_FORMATS}")
   return index
 
 
@@ -236,6 +255,16 @@ class SplitData:
   @property
   def num_videos(self) -> int:
     return len(self.video_ids)
+
+  @property
+  def sample_on_source(self) -> bool:
+    """Whether sampling uses `num_source_frames` (index format >= 2) or the stored K."""
+    return self.index["format"] >= 2
+
+  @property
+  def encoding(self) -> str:
+    """The records' frame encoding, "raw" or "jpeg" (format 1 datasets are raw)."""
+    return self.index.get("frames", {}).get("encoding", "raw")
 
   def open_source(self):
     """The TFDS ArrayRecord data source of the physical split (random access by record)."""
@@ -296,6 +325,8 @@ def write_dataset(out_dir: str, dataset: str,
                   config: str | None = None, settings: dict | None = None,
                   holdout_ids: Sequence[str] | None = None,
                   extra_files: Mapping[str, str] | None = None,
+                  encoding: str = "raw",
+                  jpeg_quality: int = frame_store.DEFAULT_JPEG_QUALITY,
                   progress: bool = True) -> str:
   """Writes videos as a TFDS ArrayRecord dataset plus its `ps_jax_index.json`.
 
@@ -311,17 +342,23 @@ def write_dataset(out_dir: str, dataset: str,
       reuse the directory.
     holdout_ids: training video ids held out for validation (see `virtual_splits`).
     extra_files: {file name: text} written next to the dataset (e.g. vocab.json).
+    encoding: frame encoding of the records, "raw" or "jpeg" (`frame_store`); frames
+      that `load()` gives in the other form are converted.
+    jpeg_quality: quality of frames encoded here (JpegFrames are stored as they are).
     progress: show TFDS's progress bars.
 
   Returns:
     The dataset version directory.
   """
+  features(encoding)  # checks the encoding
   plan = {split: list(v) for split, v in videos.items() if v}
   if not plan:
     raise ValueError(f"Nothing to write for {dataset}: every split is empty")
   written = {split: [v.video_id for v in items] for split, items in plan.items()}
   index = {"format": INDEX_FORMAT, "dataset": dataset, "config": config,
            "settings": settings or {},
+           "frames": {"encoding": encoding,
+                      **({"jpeg_quality": jpeg_quality} if encoding == "jpeg" else {})},
            "physical": {split: {"video_ids": written[split],
                                 "captions": [list(v.captions) for v in items]}
                         for split, items in plan.items()},
@@ -335,7 +372,8 @@ def write_dataset(out_dir: str, dataset: str,
   tqdm_utils.display_progress_bar(progress and bars)
   try:
     builder = BUILDERS[dataset](data_dir=out_dir, config=config, plan=plan, index=index,
-                                extra_files=extra_files)
+                                extra_files=extra_files, encoding=encoding,
+                                jpeg_quality=jpeg_quality)
     builder.download_and_prepare(
         download_dir=download_dir,
         download_config=tfds.download.DownloadConfig(try_download_gcs=False))

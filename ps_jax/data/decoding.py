@@ -1,8 +1,10 @@
 """Decoding videos into a cache of frames, in worker processes that may crash.
 
-Layer: data (imports `video`). `decode_to_cache` decodes one video (K evenly spread
-frames, short side resized) into `<cache>/<video_id>.npz`; `run_tasks` runs such tasks
-in a pool of spawned processes and isolates a file whose decoder kills its process.
+Layer: data (imports `video`, `frame_store`, `sampling`). `decode_to_cache` decodes one
+video (all frames or K evenly spread ones, optionally re-timed to a frame rate, short
+side resized) into `<cache>/<video_id>.npz`, raw or JPEG-encoded there in the worker;
+`run_tasks` runs such tasks in a pool of spawned processes and isolates a file whose
+decoder kills its process.
 `index_video_files` finds the video files of a directory tree by file stem.
 """
 
@@ -18,6 +20,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from ps_jax.data import frame_store, sampling
 from ps_jax.data import video as video_lib
 
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mkv", ".webm", ".mov", ".m4v", ".mpg", ".mpeg",
@@ -62,17 +65,25 @@ def read_cache_meta(cache_path: str) -> dict | None:
     return None
 
 
-def load_cached(cache_path: str) -> tuple[np.ndarray, np.ndarray, int]:
+def load_cached(cache_path: str):
+  """(frames uint8[K, H, W, 3] or frame_store.JpegFrames, frame_indices int32[K], n)."""
   with np.load(cache_path, allow_pickle=False) as data:
     meta = json.loads(str(data["meta"]))
-    return data["frames"], data["frame_indices"], int(meta["num_source_frames"])
+    if "jpeg" in data:
+      frames = frame_store.JpegFrames(data["jpeg"], data["jpeg_offsets"])
+    else:
+      frames = data["frames"]
+    return frames, data["frame_indices"], int(meta["num_source_frames"])
 
 
 def decode_to_cache(task: dict) -> dict:
   """Decodes one video into its cache file. Runs in worker processes; never raises.
 
-  An `.attempts` marker counts decodes that never returned (the process died inside
-  the decoder); after MAX_DECODE_ATTEMPTS such deaths the video is skipped.
+  task: {"video_id", "path", "cache_path", "frames_per_video" (K or None: all),
+  "short_side", "threads", and optionally "fps" (None), "encoding" ("raw"),
+  "jpeg_quality"}. An `.attempts` marker counts decodes that never returned (the
+  process died inside the decoder); after MAX_DECODE_ATTEMPTS such deaths the video is
+  skipped.
   """
   marker = task["cache_path"] + ".attempts"
   result = {"video_id": task["video_id"], "path": task["path"]}
@@ -91,14 +102,17 @@ def decode_to_cache(task: dict) -> dict:
   try:
     decoded = video_lib.decode_video(task["path"], num_frames=task["frames_per_video"],
                                      short_side=task["short_side"],
-                                     threads=task["threads"])
+                                     threads=task["threads"], fps=task.get("fps"))
+    encoding = task.get("encoding", "raw")
+    quality = task.get("jpeg_quality", frame_store.DEFAULT_JPEG_QUALITY)
     meta = {"num_source_frames": decoded.num_source_frames, "fps": decoded.fps,
             "rotation": decoded.rotation, "warnings": decoded.warnings,
             "source": source_stamp(task["path"]),
-            "frames_per_video": task["frames_per_video"], "short_side": task["short_side"]}
+            "frames_per_video": task["frames_per_video"], "short_side": task["short_side"],
+            "retime_fps": task.get("fps"), "encoding": encoding}
     tmp = task["cache_path"] + f".tmp{os.getpid()}.npz"
-    np.savez(tmp, frames=decoded.frames, frame_indices=decoded.frame_indices,
-             meta=np.array(json.dumps(meta)))
+    np.savez(tmp, **frame_store.record_fields(decoded.frames, encoding, quality),
+             frame_indices=decoded.frame_indices, meta=np.array(json.dumps(meta)))
     os.replace(tmp, task["cache_path"])
     result |= {"status": "partial" if decoded.warnings else "ok",
                "num_frames": int(decoded.frames.shape[0])}
@@ -179,3 +193,28 @@ class CachedLoader:
 
   def __call__(self):
     return load_cached(self.cache_path)
+
+
+class RenderedLoader:
+  """PlannedVideo.load for frames made in memory (moving_shapes): all or K evenly spread
+  frames, short side resized."""
+
+  def __init__(self, render: Callable[[], np.ndarray], max_frames: int | None,
+               short_side: int | None):
+    self.render, self.max_frames, self.short_side = render, max_frames, short_side
+
+  def __call__(self):
+    frames = self.render()
+    keep = (np.arange(len(frames)) if self.max_frames is None
+            else sampling.even_indices(len(frames), self.max_frames))
+    kept = frames[keep]
+    if self.short_side is not None:
+      kept = np.stack([video_lib.resize_short_side(f, self.short_side) for f in kept])
+    return kept, keep.astype(np.int32), len(frames)
+
+
+def cache_dir_name(dataset: str, config: str | None, storage: dict) -> str:
+  """The decode cache's subdirectory: the dataset and every setting changing a decode."""
+  enc = storage["encoding"] + str(storage.get("jpeg_quality", ""))
+  return (f"{dataset}{'-' + config if config else ''}-k{storage['max_frames'] or 'all'}"
+          f"-s{storage['short_side'] or 'native'}-r{storage['fps'] or 'src'}-{enc}")

@@ -2,7 +2,8 @@
 all its captions.
 
 Layer: data (imports `builders`, `reading`, `transforms`). Each video is sampled with the
-`uniform` scheme (F = C * P), resized (bicubic, short side) and centre-cropped:
+`uniform` scheme (F = C * P) on its source frame count, and only the sampled frames are
+decoded, resized (torch bicubic, short side; none when already S) and centre-cropped:
 
   {"frames": uint8[b, F, S, S, 3], "video_index": int32[b], "mask": bool[b]}
 
@@ -62,7 +63,7 @@ class _EvalFrames(grain.transforms.Map):
     if element["record"] < 0:
       frames = np.zeros(self.shape, np.uint8)
     else:
-      e = self.crop.map(self.sample.map({"frames": self.frames(element["record"])}))
+      e = self.crop.map(self.sample.map({"video": self.frames(element["record"])}))
       frames = e["frames"]
     return {"frames": frames, "video_index": element["video_index"],
             "mask": element["mask"]}
@@ -108,7 +109,8 @@ def make_eval_data(data_dir: str, dataset_name: str, split: str, *, tokenizer,
     tokenizer, max_len: caption tokenization (L).
     global_batch_size: G videos per global batch (padded at the end).
     num_frames: F = C * P (`uniform` sampling); num_prompts: P.
-    image_size: S (bicubic short-side resize to S, centre crop S x S).
+    image_size: S (torch-bicubic short-side resize to S unless already S, centre crop
+      S x S: the official Resize + CenterCrop).
     worker_count, shard_index, shard_count, read_threads, prefetch_batches: as for
       `make_train_loader`.
 

@@ -5,9 +5,10 @@ Layer: data. Training lives here; evaluation in `eval_pipeline` (re-exported her
 Training (`make_train_loader`): one example per (video, caption) pair, every pair at
 most once per epoch, in a seeded per-epoch order whose global batches never hold the
 same video twice (`distinct_video_batches`). Frames are sampled with the chunked `rand`
-scheme (F = C * P), cropped with one RandomResizedCrop and one flip per clip, and
-captions tokenized to a fixed length. Each process reads only its slice of every global
-batch. Batches (b = global_batch_size / shard_count):
+scheme (F = C * P) on the source frame count (only the sampled frames are decoded),
+cropped with one RandomResizedCrop (bilinear, as torchvision on tensors) and one flip
+per clip, and captions tokenized to a fixed length. Each process reads only its slice
+of every global batch. Batches (b = global_batch_size / shard_count):
 
   {"frames": uint8[b, F, S, S, 3], "input_ids": int32[b, L], "attention_mask": int32[b, L]}
 
@@ -16,7 +17,7 @@ JSON-serialisable dict), and in a new process `it.set_state(state)` continues wi
 exactly the next batch. Same seed, same batches, whatever the worker count.
 
 Evaluation (`make_eval_data`): each video once (`uniform` sampling, bicubic short-side
-resize + centre crop), global batches padded at the end:
+resize unless already S, centre crop), global batches padded at the end:
 
   {"frames": uint8[b, F, S, S, 3], "video_index": int32[b], "mask": bool[b]}
 
@@ -261,8 +262,8 @@ def make_train_loader(data_dir: str, dataset_name: str, split: str, *, tokenizer
                       shard_index: int | None = None, shard_count: int | None = None,
                       crop_scale: Sequence[float] = (0.5, 1.0),
                       crop_ratio: Sequence[float] = (3 / 4, 4 / 3), flip_prob: float = 0.5,
-                      group_size: int = 1, read_threads: int = 1,
-                      prefetch_batches: int = 2) -> TrainLoader:
+                      crop_interpolation: str = "bilinear", group_size: int = 1,
+                      read_threads: int = 1, prefetch_batches: int = 2) -> TrainLoader:
   """Training pipeline over a prepared dataset.
 
   Args:
@@ -282,6 +283,8 @@ def make_train_loader(data_dir: str, dataset_name: str, split: str, *, tokenizer
       jax.process_index(), jax.process_count()).
     crop_scale, crop_ratio: RandomResizedCrop ranges; flip_prob: horizontal flip
       probability (0 where captions name left/right, as in moving_shapes).
+    crop_interpolation: resampling of the crop: "bilinear" (official: torch
+      interpolate, no antialiasing) or "bicubic" (Pillow: ps_jax's earlier crop).
     group_size: g > 1 batches videos g*k .. g*k+g-1 of the split together (moving_shapes:
       g=2 puts every clip with its time-reversed twin, a hard negative); G % g == 0.
     read_threads, prefetch_batches: threads and batches read ahead per process.
@@ -292,6 +295,9 @@ def make_train_loader(data_dir: str, dataset_name: str, split: str, *, tokenizer
   """
   shard_index, shard_count = reading.resolve_shards(shard_index, shard_count)
   reading.check_common(global_batch_size, shard_count, num_frames, num_prompts, image_size, max_len)
+  if crop_interpolation not in transforms.INTERPOLATIONS:
+    raise ValueError(f"crop_interpolation {crop_interpolation!r} is not one of "
+                     f"{transforms.INTERPOLATIONS}")
   split_data = builders.load_split(data_dir, dataset_name, split)
   pairs = _TrainPairs(split_data, global_batch_size, shard_index, shard_count, seed,
                       num_epochs, group_size)
@@ -299,7 +305,8 @@ def make_train_loader(data_dir: str, dataset_name: str, split: str, *, tokenizer
   ds = (pairs
         .map(reading.ReadFrames(reading.StoredFrames(split_data)))
         .map(transforms.SampleFrames(num_frames, num_prompts, "rand"))
-        .map(transforms.RandomResizedCropFlip(image_size, crop_scale, crop_ratio, flip_prob))
+        .map(transforms.RandomResizedCropFlip(image_size, crop_scale, crop_ratio, flip_prob,
+                                              crop_interpolation))
         .map(transforms.TokenizeCaption(tokenizer, max_len))
         .map(transforms.SelectKeys(("frames", "input_ids", "attention_mask")))
         .batch(local, drop_remainder=True))

@@ -1,17 +1,27 @@
 """The prepare step as a library: decode videos once with PyAV, write a TFDS ArrayRecord
 dataset (`prepare`). The command line is `ps_jax.data.prepare`.
 
-Layer: data (annotations, decoding, builders, moving_shapes).
+Layer: data (annotations, decoding, builders, moving_shapes, frame_store).
 
   python -m ps_jax.data.prepare --dataset {msrvtt,msvd,lsmdc,moving_shapes} \
       --video_dir VIDEOS --anno_dir ANNOTATIONS --out_dir DATA_DIR \
-      [--split_protocol 9k|7k] [--frames_per_video 32] [--short_side 256] [--num_workers N]
+      [--split_protocol 9k|7k] [--max_frames K] [--fps R] [--short_side 224] \
+      [--encoding auto|raw|jpeg] [--jpeg_quality 90] [--num_workers N]
+
+What is stored (defaults): every frame of each video file (the official code samples
+from all frames of the video it is given), short side 224 (the official compress step;
+moving_shapes: native size), one JPEG per frame (moving_shapes: raw pixels), with each
+record's source frame count, so training and test sampling reach exactly the official
+frame indices. --max_frames K keeps K evenly spread frames (sampling then takes the
+nearest kept frame); --fps R re-times every video to R frames a second first (the
+official preprocess/compress_video.py converts with ffmpeg `-r 3`; `--fps 3`
+approximates it, feeding its output files instead is exact).
 
 Two phases, both restartable:
 
 1. Decode: every video listed by the annotations is looked up (recursively, by file
-   stem) in --video_dir, decoded (`ps_jax.data.video.decode_video`: K evenly spread
-   frames, short side resized) and cached as `DATA_DIR/decode_cache/<dataset>-k<K>-s<S>/
+   stem) in --video_dir, decoded (`ps_jax.data.video.decode_video`), JPEG-encoded (if
+   so) in the worker and cached as `DATA_DIR/decode_cache/<dataset>-k<K>-s<S>-r<R>-<encoding>/
    <video_id>.npz`. A re-run reuses every cache entry whose source file is unchanged,
    so an interrupted prepare finishes where it stopped. Missing, empty, unreadable,
    corrupt or crashing videos are skipped; every skip (and every video kept after a
@@ -37,6 +47,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import functools
 import json
 import os
 import shutil
@@ -49,13 +60,13 @@ import tqdm
 from ps_jax.data import annotations as anno_lib
 from ps_jax.data import builders
 from ps_jax.data import decoding
+from ps_jax.data import frame_store
 from ps_jax.data import moving_shapes
-from ps_jax.data import sampling
-from ps_jax.data import video as video_lib
 
 DATASETS = ("msrvtt", "msvd", "lsmdc", "moving_shapes")
 DEFAULT_HOLDOUT = {"msrvtt": 1000, "lsmdc": 1000}
-DEFAULT_SHORT_SIDE = 256
+DEFAULT_SHORT_SIDE = 224  # the official compress step's short side
+ENCODING_CHOICES = ("auto",) + frame_store.ENCODINGS
 REPORT_FILE = "prepare_report.jsonl"
 SUMMARY_FILE = "prepare_summary.json"
 CACHE_DIR = "decode_cache"
@@ -107,8 +118,8 @@ class _Source:
 
 
 def _load_source(dataset, anno_dir, video_dir, split_protocol, holdout_size, holdout_seed,
-                 frames_per_video, short_side, shapes_size, seed) -> _Source:
-  settings = {"frames_per_video": frames_per_video, "short_side": short_side}
+                 storage, shapes_size, seed) -> _Source:
+  settings = dict(storage)
   if dataset == "moving_shapes":
     vocab = json.dumps(moving_shapes.vocabulary())
     extra = {moving_shapes.VOCAB_FILE: vocab}
@@ -153,8 +164,8 @@ def _load_source(dataset, anno_dir, video_dir, split_protocol, holdout_size, hol
   return _Source(dataset, config, physical, holdout_ids, settings)
 
 
-def _check_args(dataset, out_dir, video_dir, anno_dir, frames_per_video, short_side,
-                num_workers, holdout_size, shapes_size):
+def _check_args(dataset, out_dir, video_dir, anno_dir, storage, num_workers, holdout_size,
+                shapes_size):
   if dataset not in DATASETS:
     raise PrepareError(f"--dataset {dataset!r} is not one of {DATASETS}")
   if not out_dir:
@@ -170,10 +181,20 @@ def _check_args(dataset, out_dir, video_dir, anno_dir, frames_per_video, short_s
                               if dataset == "moving_shapes" else ""))
       if not os.path.isdir(value):
         raise PrepareError(f"{flag} {value!r} is not a directory")
-  if frames_per_video < 1:
-    raise PrepareError(f"--frames_per_video must be >= 1, got {frames_per_video}")
+  elif storage["fps"] is not None:
+    raise PrepareError("--fps re-times video files; moving_shapes rendered in memory has "
+                       "none (give --video_dir and --anno_dir)")
+  max_frames, short_side, fps = storage["max_frames"], storage["short_side"], storage["fps"]
+  if max_frames is not None and max_frames < 1:
+    raise PrepareError(f"--max_frames (--frames_per_video) must be >= 1, got {max_frames}")
   if short_side is not None and short_side < 1:
     raise PrepareError(f"--short_side must be >= 1, got {short_side}")
+  if fps is not None and not fps > 0:
+    raise PrepareError(f"--fps must be > 0, got {fps}")
+  if storage["encoding"] not in frame_store.ENCODINGS:
+    raise PrepareError(f"--encoding {storage['encoding']!r} is not one of {ENCODING_CHOICES}")
+  if not 1 <= storage.get("jpeg_quality", frame_store.DEFAULT_JPEG_QUALITY) <= 100:
+    raise PrepareError(f"--jpeg_quality must be in 1..100, got {storage['jpeg_quality']}")
   if num_workers < 0:
     raise PrepareError(f"--num_workers must be >= 0, got {num_workers}")
   if holdout_size is not None and holdout_size < 0:
@@ -183,9 +204,24 @@ def _check_args(dataset, out_dir, video_dir, anno_dir, frames_per_video, short_s
                        f"{sorted(moving_shapes.SIZES)}")
 
 
-def _resolve_args(dataset, split_protocol, short_side, holdout_size):
+def _storage(dataset, max_frames, frames_per_video, short_side, fps, encoding,
+             jpeg_quality) -> dict:
+  """What each record stores (recorded as the dataset's settings); resolves "auto"."""
+  if frames_per_video is not None:
+    if max_frames is not None and max_frames != frames_per_video:
+      raise PrepareError(f"--frames_per_video {frames_per_video} (the old name of "
+                         f"--max_frames) contradicts --max_frames {max_frames}")
+    max_frames = frames_per_video
   if short_side == "auto":
     short_side = None if dataset == "moving_shapes" else DEFAULT_SHORT_SIDE
+  if encoding == "auto":
+    encoding = "raw" if dataset == "moving_shapes" else "jpeg"
+  storage = {"max_frames": max_frames, "short_side": short_side, "fps": fps,
+             "encoding": encoding}
+  return storage | ({"jpeg_quality": jpeg_quality} if encoding == "jpeg" else {})
+
+
+def _resolve_args(dataset, split_protocol, holdout_size):
   if dataset != "msrvtt" and split_protocol is not None:
     raise PrepareError("--split_protocol applies to --dataset msrvtt only")
   split_protocol = split_protocol or "9k"
@@ -197,7 +233,7 @@ def _resolve_args(dataset, split_protocol, short_side, holdout_size):
                        f"({dataset} has its own validation list or split)")
   if holdout_size is None:
     holdout_size = DEFAULT_HOLDOUT.get(dataset, 0)
-  return split_protocol, short_side, holdout_size
+  return split_protocol, holdout_size
 
 
 def _already_prepared(version_dir, source, dataset, report_path, summary_path, start):
@@ -246,8 +282,8 @@ class _Report:
     self._file.close()
 
 
-def _decode_phase(source, video_dir, cache_dir, frames_per_video, short_side, num_workers,
-                  report: _Report, progress: bool) -> set[str]:
+def _decode_phase(source, video_dir, cache_dir, storage, num_workers, report: _Report,
+                  progress: bool) -> set[str]:
   """Looks videos up, reuses valid cache entries, decodes the rest. Returns usable ids."""
   ok_ids: set[str] = set()
   tasks, first_split = [], {}
@@ -277,7 +313,10 @@ def _decode_phase(source, video_dir, cache_dir, frames_per_video, short_side, nu
           report.partial(v.video_id, split, path, "; ".join(meta["warnings"]) + " (cached)")
         continue
       tasks.append({"video_id": v.video_id, "path": path, "cache_path": cache_path,
-                    "frames_per_video": frames_per_video, "short_side": short_side,
+                    "frames_per_video": storage["max_frames"],
+                    "short_side": storage["short_side"], "fps": storage["fps"],
+                    "encoding": storage["encoding"],
+                    "jpeg_quality": storage.get("jpeg_quality"),
                     "threads": 0 if num_workers == 0 else 1})
 
   bar = tqdm.tqdm(total=len(tasks), unit="video", desc=f"decode {source.name}",
@@ -303,7 +342,10 @@ def _decode_phase(source, video_dir, cache_dir, frames_per_video, short_side, nu
 
 def prepare(dataset: str, *, out_dir: str, video_dir: str | None = None,
             anno_dir: str | None = None, split_protocol: str | None = None,
-            frames_per_video: int = 32, short_side: int | str | None = "auto",
+            max_frames: int | None = None, short_side: int | str | None = "auto",
+            fps: float | None = None, encoding: str = "auto",
+            jpeg_quality: int = frame_store.DEFAULT_JPEG_QUALITY,
+            frames_per_video: int | None = None,
             num_workers: int = 0, holdout_size: int | None = None, holdout_seed: int = 0,
             keep_cache: bool = False, shapes_size: str = "demo", seed: int = 0,
             progress: bool = True) -> PrepareSummary:
@@ -315,9 +357,13 @@ def prepare(dataset: str, *, out_dir: str, video_dir: str | None = None,
     video_dir: searched recursively for `<video_id>.<ext>`.
     anno_dir: directory with the dataset's annotation files (`annotations` module).
     split_protocol: MSR-VTT training list, "9k" (default) or "7k".
-    frames_per_video: K frames kept per video (evenly spread).
+    max_frames: K frames kept per video (evenly spread); None keeps every frame.
     short_side: stored short side in pixels; None keeps the source size; "auto":
-      DEFAULT_SHORT_SIDE (256) for real datasets, the native size for moving_shapes.
+      DEFAULT_SHORT_SIDE (224) for real datasets, the native size for moving_shapes.
+    fps: re-time every video to this frame rate first; None keeps the file's frames.
+    encoding: "raw", "jpeg" or "auto" (raw for moving_shapes, JPEG otherwise).
+    jpeg_quality: JPEG quality (1..100) of encoding "jpeg".
+    frames_per_video: the old name of max_frames.
     num_workers: decoding processes (0: decode in this process).
     holdout_size: validation hold-out of training videos (MSR-VTT / LSMDC; default
       DEFAULT_HOLDOUT); 0 disables it.
@@ -331,13 +377,14 @@ def prepare(dataset: str, *, out_dir: str, video_dir: str | None = None,
     no video at all could be prepared.
   """
   start = time.time()
-  split_protocol, short_side, holdout_size = _resolve_args(dataset, split_protocol,
-                                                           short_side, holdout_size)
-  _check_args(dataset, out_dir, video_dir, anno_dir, frames_per_video, short_side,
-              num_workers, holdout_size, shapes_size)
+  split_protocol, holdout_size = _resolve_args(dataset, split_protocol, holdout_size)
+  storage = _storage(dataset, max_frames, frames_per_video, short_side, fps, encoding,
+                     jpeg_quality)
+  _check_args(dataset, out_dir, video_dir, anno_dir, storage, num_workers, holdout_size,
+              shapes_size)
   try:
     source = _load_source(dataset, anno_dir, video_dir, split_protocol, holdout_size,
-                          holdout_seed, frames_per_video, short_side, shapes_size, seed)
+                          holdout_seed, storage, shapes_size, seed)
   except (anno_lib.AnnotationError, ValueError) as e:
     if isinstance(e, PrepareError):
       raise
@@ -351,13 +398,12 @@ def prepare(dataset: str, *, out_dir: str, video_dir: str | None = None,
     return _already_prepared(version_dir, source, dataset, report_path, summary_path, start)
 
   cache_dir = os.path.join(out_dir, CACHE_DIR,
-                           f"{dataset}{'-' + source.config if source.config else ''}"
-                           f"-k{frames_per_video}-s{short_side or 'native'}")
+                           decoding.cache_dir_name(dataset, source.config, storage))
   os.makedirs(cache_dir, exist_ok=True)
   report = _Report(report_path)
   try:
-    ok_ids = _decode_phase(source, video_dir, cache_dir, frames_per_video, short_side,
-                           num_workers, report, progress)
+    ok_ids = _decode_phase(source, video_dir, cache_dir, storage, num_workers, report,
+                           progress)
     plan: dict[str, list[builders.PlannedVideo]] = {}
     for split, videos in source.physical.items():
       entries = []
@@ -365,7 +411,8 @@ def prepare(dataset: str, *, out_dir: str, video_dir: str | None = None,
         if v.video_id not in ok_ids:
           continue
         if source.render is not None:
-          load = _RenderedLoader(source.render, split, i, frames_per_video, short_side)
+          load = decoding.RenderedLoader(functools.partial(source.render, split, i),
+                                         storage["max_frames"], storage["short_side"])
         else:
           load = decoding.CachedLoader(decoding.cache_path(cache_dir, v.video_id))
         entries.append(builders.PlannedVideo(v.video_id, v.captions, load))
@@ -376,9 +423,12 @@ def prepare(dataset: str, *, out_dir: str, video_dir: str | None = None,
     if not any(plan.values()):
       raise PrepareError(f"No video of {dataset} could be prepared (skipped: "
                          f"{dict(report.skipped)}); see {report_path}")
-    builders.write_dataset(out_dir, dataset, plan, config=source.config, settings=source.settings,
-                  holdout_ids=source.holdout_ids, extra_files=source.extra_files,
-                  progress=progress)
+    builders.write_dataset(out_dir, dataset, plan, config=source.config,
+                           settings=source.settings, holdout_ids=source.holdout_ids,
+                           extra_files=source.extra_files, encoding=storage["encoding"],
+                           jpeg_quality=storage.get("jpeg_quality",
+                                                    frame_store.DEFAULT_JPEG_QUALITY),
+                           progress=progress)
   finally:
     report.close()
 
@@ -397,19 +447,3 @@ def prepare(dataset: str, *, out_dir: str, video_dir: str | None = None,
     if os.path.isdir(root) and not os.listdir(root):
       os.rmdir(root)
   return summary
-
-
-class _RenderedLoader:
-  """PlannedVideo.load for a moving_shapes clip rendered in memory."""
-
-  def __init__(self, render, split, i, frames_per_video, short_side):
-    self.render, self.split, self.i = render, split, i
-    self.frames_per_video, self.short_side = frames_per_video, short_side
-
-  def __call__(self):
-    frames = self.render(self.split, self.i)
-    keep = sampling.even_indices(len(frames), self.frames_per_video)
-    kept = frames[keep]
-    if self.short_side is not None:
-      kept = np.stack([video_lib.resize_short_side(f, self.short_side) for f in kept])
-    return kept, keep.astype(np.int32), len(frames)

@@ -2,11 +2,13 @@
 
   python -m ps_jax.data.prepare --dataset {msrvtt,msvd,lsmdc,moving_shapes} \
       --video_dir VIDEOS --anno_dir ANNOTATIONS --out_dir DATA_DIR \
-      [--split_protocol 9k|7k] [--frames_per_video 32] [--short_side 256] [--num_workers N]
+      [--split_protocol 9k|7k] [--max_frames K] [--fps R] [--short_side 224] \
+      [--encoding auto|raw|jpeg] [--jpeg_quality 90] [--num_workers N]
 
 Decodes every video of the dataset once (restartable, bad videos skipped and reported in
 `DATA_DIR/prepare_report.jsonl`) and writes `DATA_DIR/<dataset>[/<config>]/1.0.0/`
-(ArrayRecord). The two phases, the splits and the files are described in
+(ArrayRecord): by default every frame, short side 224, one JPEG per frame (moving_shapes:
+native size, raw pixels). The two phases, the splits and the files are described in
 `ps_jax.data.preparation`, the library this command line calls.
 
 Layer: front end (the `ps_jax.data` package's command line).
@@ -23,9 +25,10 @@ from ps_jax.data import moving_shapes
 from ps_jax.data.builders import virtual_splits, write_dataset  # noqa: F401  (old home)
 from ps_jax.data.decoding import (MAX_DECODE_ATTEMPTS, VIDEO_EXTENSIONS,  # noqa: F401
                                   index_video_files, run_tasks)
+from ps_jax.data.frame_store import DEFAULT_JPEG_QUALITY
 from ps_jax.data.preparation import (CACHE_DIR, DATASETS, DEFAULT_HOLDOUT,  # noqa: F401
-                                     DEFAULT_SHORT_SIDE, REPORT_FILE, SUMMARY_FILE,
-                                     PrepareError, PrepareSummary, prepare)
+                                     DEFAULT_SHORT_SIDE, ENCODING_CHOICES, REPORT_FILE,
+                                     SUMMARY_FILE, PrepareError, PrepareSummary, prepare)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -38,10 +41,18 @@ def _parser() -> argparse.ArgumentParser:
   p.add_argument("--out_dir", required=True, help="TFDS data_dir to write")
   p.add_argument("--split_protocol", default=None, choices=sorted(anno_lib.MSRVTT_TRAIN_LISTS),
                  help="MSR-VTT training list (default 9k)")
-  p.add_argument("--frames_per_video", type=int, default=32)
+  p.add_argument("--max_frames", "--frames_per_video", type=int, default=None,
+                 help="keep K evenly spread frames per video (default: every frame)")
+  p.add_argument("--fps", type=float, default=None,
+                 help="re-time videos to this frame rate first (default: keep the file's "
+                 "frames; the official compress step used 3)")
   p.add_argument("--short_side", type=int, default=None,
                  help=f"stored short side (default {DEFAULT_SHORT_SIDE}; moving_shapes: "
                  "native size)")
+  p.add_argument("--encoding", default="auto", choices=ENCODING_CHOICES,
+                 help="frame storage (auto: raw for moving_shapes, jpeg otherwise)")
+  p.add_argument("--jpeg_quality", type=int, default=DEFAULT_JPEG_QUALITY,
+                 help=f"JPEG quality 1..100 (default {DEFAULT_JPEG_QUALITY})")
   p.add_argument("--num_workers", type=int, default=0, help="decoding processes")
   p.add_argument("--holdout_size", type=int, default=None,
                  help=f"validation hold-out of training videos (default {DEFAULT_HOLDOUT})")
@@ -60,7 +71,8 @@ def main(argv: Iterable[str] | None = None) -> int:
   try:
     summary = prepare(args.dataset, out_dir=args.out_dir, video_dir=args.video_dir,
                       anno_dir=args.anno_dir, split_protocol=args.split_protocol,
-                      frames_per_video=args.frames_per_video, short_side=short_side,
+                      max_frames=args.max_frames, short_side=short_side, fps=args.fps,
+                      encoding=args.encoding, jpeg_quality=args.jpeg_quality,
                       num_workers=args.num_workers, holdout_size=args.holdout_size,
                       holdout_seed=args.holdout_seed, keep_cache=args.keep_cache,
                       shapes_size=args.shapes_size, seed=args.seed,

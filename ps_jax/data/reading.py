@@ -1,7 +1,9 @@
 """Reading a prepared dataset inside grain pipelines: frames of a record, shards, checks.
 
-Layer: data (imports `builders`). Shared by the training pipeline (`pipeline`) and the
-evaluation pipeline (`eval_pipeline`).
+Layer: data (imports `builders`, `frame_store`). Shared by the training pipeline
+(`pipeline`) and the evaluation pipeline (`eval_pipeline`). A record is read whole (its
+encoded frames) and wrapped as a `frame_store.StoredVideo`; frames are decoded later,
+only those sampled.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 from absl import flags
 
-from ps_jax.data import builders
+from ps_jax.data import builders, frame_store
 
 
 def resolve_shards(shard_index, shard_count):
@@ -29,38 +31,41 @@ def resolve_shards(shard_index, shard_count):
 
 
 class StoredFrames:
-  """Reads stored frames of a record; opens the TFDS data source lazily per process."""
+  """Reads records of a split as StoredVideo; opens the TFDS data source lazily per process."""
 
   def __init__(self, split: builders.SplitData):
     self.version_dir, self.physical_split = split.version_dir, split.physical_split
+    self.sample_on_source = split.sample_on_source
     self._source = None
     self._lock = threading.Lock()
 
   def __getstate__(self):
-    return {"version_dir": self.version_dir, "physical_split": self.physical_split}
+    return {"version_dir": self.version_dir, "physical_split": self.physical_split,
+            "sample_on_source": self.sample_on_source}
 
   def __setstate__(self, state):
     self.__dict__.update(state)
     self._source = None
     self._lock = threading.Lock()
 
-  def __call__(self, record: int) -> np.ndarray:
+  def __call__(self, record: int) -> frame_store.StoredVideo:
     if self._source is None:
       with self._lock:
         if self._source is None:
           builder = tfds.builder_from_directory(self.version_dir)
           self._source = builder.as_data_source(split=self.physical_split)
-    return self._source[int(record)]["frames"]
+    return frame_store.StoredVideo.from_record(self._source[int(record)],
+                                               self.sample_on_source)
 
 
 class ReadFrames(grain.transforms.Map):
-  """element["record"] -> element["frames"] uint8[K, H, W, 3] from the prepared dataset."""
+  """element["record"] -> element["video"], the record's `frame_store.StoredVideo`."""
 
   def __init__(self, frames: StoredFrames):
     self.frames = frames
 
   def map(self, element: dict[str, Any]) -> dict[str, Any]:
-    return element | {"frames": self.frames(element["record"])}
+    return element | {"video": self.frames(element["record"])}
 
 
 def check_common(global_batch_size, shard_count, num_frames, num_prompts, image_size,

@@ -1,4 +1,5 @@
-"""Video decoding with PyAV: K evenly spread frames, short side resized, uint8 RGB.
+"""Video decoding with PyAV: all frames or K evenly spread ones, optionally re-timed to a
+frame rate, short side resized, uint8 RGB.
 
 `decode_video` copes with the files real datasets contain: containers that report no
 frame count (frames are counted by demuxing packets), headers that lie, streams that
@@ -6,6 +7,11 @@ fail midway (the frames decoded before the failure are kept and the failure is
 reported in `DecodedVideo.warnings`), rotation metadata (frames are turned upright),
 non-square pixels, videos shorter than K frames (all frames kept), and empty, missing
 or non-video files (typed `VideoError`s with a short `reason`).
+
+The "source video" of a decode is the file's frames, or, with `fps`, those frames
+re-timed to that constant rate (`sampling.retime`, from the packets' timestamps, like
+a video converted with ffmpeg `-r FPS`). `frame_indices` and `num_source_frames` refer
+to it.
 
 Layer: data (imports `sampling`).
 """
@@ -61,9 +67,11 @@ class DecodedVideo:
   """Frames kept from one video.
 
   Attributes:
-    frames: uint8[K', H, W, 3] RGB, upright, short side resized; K' = min(K, frames).
-    frame_indices: int32[K'] index of each kept frame among the decoded frames.
-    num_source_frames: frames the video yielded (after a midway failure: before it).
+    frames: uint8[K', H, W, 3] RGB, upright, short side resized; K' = min(K, n).
+    frame_indices: int32[K'] strictly increasing index of each kept frame in the source
+      video (the decoded frames, or with `fps` the re-timed ones).
+    num_source_frames: n, frames of the source video (after a midway failure: of the
+      part before it).
     fps: average frame rate reported by the container (0.0 when unknown).
     rotation: counter-clockwise degrees applied to turn frames upright.
     warnings: problems met and worked around (midway failure, header count mismatch).
@@ -134,6 +142,29 @@ def _open(path: str):
   return container
 
 
+def _demux(path: str) -> tuple[int, np.ndarray | None, float, str | None]:
+  """(count, times, rate, problem) of the first video stream, by demuxing (no decoding).
+
+  count: non-empty packets (frames); times: their sorted presentation times in seconds
+  (None when a packet has no timestamp); rate: the container's average frame rate (0.0
+  when unknown); problem: None, or why demuxing stopped early (the rest covers the
+  packets read before it).
+  """
+  _check_file(path)
+  pts, problem = [], None
+  with _open(path) as container:
+    stream = container.streams.video[0]
+    rate = float(stream.average_rate or stream.guessed_rate or 0.0)
+    try:
+      for packet in container.demux(stream):
+        if packet.size:
+          pts.append(None if packet.pts is None else float(packet.pts * packet.time_base))
+    except (av.FFmpegError, OSError) as e:
+      problem = f"demuxing stopped after {len(pts)} packets: {e}"
+  times = None if None in pts else np.sort(np.asarray(pts, np.float64))
+  return len(pts), times, rate, problem
+
+
 def count_frames(path: str) -> tuple[int, str | None]:
   """Frames of the first video stream, counted by demuxing (no decoding).
 
@@ -141,20 +172,26 @@ def count_frames(path: str) -> tuple[int, str | None]:
     (count, problem): problem is None, or a message if demuxing stopped on an error
     (the count then covers the packets read before it).
   """
-  _check_file(path)
-  with _open(path) as container:
-    stream = container.streams.video[0]
-    n = 0
-    try:
-      for packet in container.demux(stream):
-        if packet.size:
-          n += 1
-    except (av.FFmpegError, OSError) as e:
-      return n, f"demuxing stopped after {n} packets: {e}"
-  return n, None
+  count, _, _, problem = _demux(path)
+  return count, problem
 
 
-def _decode_pass(path: str, targets: np.ndarray, short_side: int | None, threads: int,
+def _plan(count: int, times: np.ndarray | None, rate: float, num_frames: int | None,
+          fps: float | None) -> tuple[np.ndarray, np.ndarray]:
+  """(source, keep): decoded-frame index of each source frame int64[n], and the
+  kept source positions int64[K'] (all, or `num_frames` evenly spread)."""
+  if fps is None:
+    source = np.arange(count, dtype=np.int64)
+  else:
+    if times is None or len(times) < count:
+      times = np.arange(count) / (rate or fps)  # no timestamps: a constant rate
+    source = sampling.retime(times[:count], fps)
+  keep = (np.arange(len(source), dtype=np.int64) if num_frames is None
+          else sampling.even_indices(len(source), num_frames))
+  return source, keep
+
+
+def _decode_pass(path: str, targets, short_side: int | None, threads: int,
                  stop_after: int | None):
   """Decodes frames in order, keeping the target indices. Returns (kept, count, error)."""
   wanted = set(int(t) for t in targets)
@@ -182,21 +219,23 @@ def _decode_pass(path: str, targets: np.ndarray, short_side: int | None, threads
   return kept, n, error, rotation, fps
 
 
-def decode_video(path: str, *, num_frames: int = 32, short_side: int | None = 256,
-                 threads: int = 0) -> DecodedVideo:
-  """Decodes a video file into K evenly spread RGB frames.
+def decode_video(path: str, *, num_frames: int | None = 32, short_side: int | None = 256,
+                 threads: int = 0, fps: float | None = None) -> DecodedVideo:
+  """Decodes a video file into RGB frames: all of them, or K evenly spread ones.
 
   The frame count comes from demuxing (container headers are not trusted; Matroska
-  reports none). Frames are decoded in order and the K centre frames of K equal slices
-  (`sampling.even_indices`) are kept. When the stream yields fewer frames than
-  counted (a midway failure or a lying index), the K frames are re-chosen among the
-  frames that did decode and a warning says so.
+  reports none). With `fps` the source video is the file re-timed to that rate (see
+  the module docstring). Frames are decoded in order and the kept ones (all, or the
+  K centre frames of K equal slices, `sampling.even_indices`) are resized. When the
+  stream yields fewer frames than counted (a midway failure or a lying index), the
+  frames are re-chosen among the frames that did decode and a warning says so.
 
   Args:
     path: video file.
-    num_frames: K, frames to keep (all frames if the video is shorter).
+    num_frames: K, frames to keep (all frames if the video is shorter); None: all.
     short_side: resize (bicubic) so the short side is this; None keeps the size.
     threads: decoder threads (0: FFmpeg's choice, 1: single-threaded).
+    fps: re-time the video to this frame rate first; None keeps its frames.
 
   Returns:
     DecodedVideo with frames uint8[K', H, W, 3].
@@ -205,42 +244,44 @@ def decode_video(path: str, *, num_frames: int = 32, short_side: int | None = 25
     VideoError subclasses: VideoNotFoundError, EmptyVideoFileError,
     UnreadableVideoError, NotAVideoError, CorruptVideoError.
   """
+  if num_frames is not None and num_frames < 1:
+    raise ValueError(f"num_frames must be >= 1 or None, got {num_frames}")
+  if fps is not None and not fps > 0:
+    raise ValueError(f"fps must be > 0 or None, got {fps}")
   warnings = []
-  counted, problem = count_frames(path)
+  counted, times, rate, problem = _demux(path)
   if problem:
     warnings.append(problem)
   if counted == 0:
     raise CorruptVideoError(path, problem or "the video stream holds no packets")
-  targets = sampling.even_indices(counted, num_frames)
-  kept, decoded, error, rotation, fps = _decode_pass(path, targets, short_side, threads,
-                                                     None)
+  source, keep = _plan(counted, times, rate, num_frames, fps)
+  kept, decoded, error, rotation, avg_fps = _decode_pass(path, source[keep], short_side,
+                                                         threads, None)
   if error:
     warnings.append(error)
   if decoded == 0:
     raise CorruptVideoError(path, error or "no frame could be decoded")
   if decoded != counted:
     warnings.append(f"{counted} packets but {decoded} decoded frames")
-    new_targets = sampling.even_indices(decoded, num_frames)
-    if not set(int(t) for t in new_targets) <= set(kept):
-      kept, again, error2, rotation, fps = _decode_pass(path, new_targets, short_side,
-                                                        threads, decoded)
+    source, keep = _plan(decoded, times, rate, num_frames, fps)
+    if not set(source[keep].tolist()) <= set(kept):
+      kept, again, error2, rotation, avg_fps = _decode_pass(path, source[keep], short_side,
+                                                            threads, decoded)
       if again < decoded:  # not reproducible; keep what this pass gave
         warnings.append(f"second pass decoded {again} frames: {error2}")
-        decoded = again
-        new_targets = sampling.even_indices(decoded, num_frames)
-        if not set(int(t) for t in new_targets) <= set(kept):
+        source, keep = _plan(again, times, rate, num_frames, fps)
+        if not set(source[keep].tolist()) <= set(kept):
           raise CorruptVideoError(path, "decoding is not reproducible: "
                                   + "; ".join(warnings))
-    targets = new_targets
-  frames = [kept[int(t)] for t in targets]
+  frames = [kept[int(i)] for i in source[keep]]
   shapes = {f.shape for f in frames}
   if len(shapes) != 1:  # resolution changes mid-stream: bring all to the first size
     h, w = frames[0].shape[:2]
     frames = [f if f.shape == frames[0].shape else
               np.asarray(Image.fromarray(f).resize((w, h), Image.BICUBIC)) for f in frames]
     warnings.append(f"frame sizes changed within the stream: {sorted(shapes)}")
-  return DecodedVideo(frames=np.stack(frames), frame_indices=targets.astype(np.int32),
-                      num_source_frames=decoded, fps=fps, rotation=int(rotation),
+  return DecodedVideo(frames=np.stack(frames), frame_indices=keep.astype(np.int32),
+                      num_source_frames=len(source), fps=avg_fps, rotation=int(rotation),
                       warnings=warnings)
 
 

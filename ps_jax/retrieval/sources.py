@@ -1,7 +1,7 @@
 """Where the videos of an index come from: a prepared dataset split or a directory of files.
 
 Layer: data access for retrieval (imports data.builders, data.decoding, data.video,
-data.sampling, data.transforms). A `VideoSource` lists ids and loads one video's frames
+data.sampling, data.transforms, data.frame_store). A `VideoSource` lists ids and loads one video's frames
 on demand (from several threads); `eval_clip` turns them into what evaluation feeds the
 model.
 """
@@ -11,15 +11,15 @@ from __future__ import annotations
 import dataclasses
 import os
 import threading
-from typing import Callable, Optional
+from typing import Callable, Optional, Union
 
 import numpy as np
 
-from ps_jax.data import builders, decoding, sampling, transforms
+from ps_jax.data import builders, decoding, frame_store, sampling, transforms
 from ps_jax.data import video as video_lib
 
 DEFAULT_FRAMES_PER_VIDEO = 32   # as ps_jax.data.prepare
-DEFAULT_SHORT_SIDE = 256        # as ps_jax.data.prepare for real datasets
+DEFAULT_SHORT_SIDE = 224        # as ps_jax.data.prepare for real datasets
 
 
 class IndexBuildError(ValueError):
@@ -28,8 +28,9 @@ class IndexBuildError(ValueError):
 
 @dataclasses.dataclass
 class Loaded:
-  """One decoded video: frames uint8[K, H, W, 3] and problems worked around."""
-  frames: np.ndarray
+  """One video: frames uint8[K, H, W, 3] (decoded from a file) or the stored video of a
+  prepared record (frames decoded when sampled), and problems worked around."""
+  frames: Union[np.ndarray, frame_store.StoredVideo]
   warnings: list[str]
 
 
@@ -74,7 +75,8 @@ def dataset_source(dataset_dir: str, dataset: str, split: str) -> VideoSource:
       with lock:
         if not opened:
           opened.append(split_data.open_source())
-    return Loaded(np.asarray(opened[0][int(split_data.records[i])]["frames"]), [])
+    record = opened[0][int(split_data.records[i])]
+    return Loaded(frame_store.StoredVideo.from_record(record, split_data.sample_on_source), [])
 
   info = {"kind": "dataset", "dataset_dir": os.path.abspath(dataset_dir), "dataset": dataset,
           "split": split, "version_dir": split_data.version_dir}
@@ -112,13 +114,17 @@ def video_dir_source(video_dir: str, frames_per_video: int = DEFAULT_FRAMES_PER_
   return VideoSource(ids, load, paths, info)
 
 
-def eval_clip(frames: np.ndarray, num_frames: int, num_prompts: int,
-              image_size: int) -> np.ndarray:
+def eval_clip(frames: Union[np.ndarray, frame_store.StoredVideo], num_frames: int,
+              num_prompts: int, image_size: int) -> np.ndarray:
   """What evaluation feeds the model: uint8[K, H, W, 3] -> uint8[F, S, S, 3].
 
-  `uniform` chunked sampling of F frames, then a bicubic short-side resize to S and a
-  centre crop (`ps_jax.data.transforms.resize_center_crop`).
+  `uniform` chunked sampling of F frames (of a stored video: on its source frame count,
+  as the evaluation pipeline), then a bicubic short-side resize to S and a centre crop
+  (`ps_jax.data.transforms.resize_center_crop`).
   """
+  if isinstance(frames, frame_store.StoredVideo):
+    clip = frame_store.sample_clip(frames, num_frames, num_prompts, "uniform")
+    return transforms.resize_center_crop(clip, image_size)
   frames = np.asarray(frames)
   if frames.ndim != 4 or frames.shape[-1] != 3 or frames.shape[0] == 0:
     raise ValueError(f"frames must be uint8[K>0, H, W, 3], got {frames.dtype}{frames.shape}")
