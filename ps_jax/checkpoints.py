@@ -11,10 +11,14 @@ Layout of a workdir:
 
 Checkpoint selection has one rule, `select_best`, used both to choose the checkpoint
 that is tested / loaded and to decide which checkpoint is preserved on disk: the
-largest validation t2v R@1; on a tie the earliest step (a later checkpoint must be
-strictly better). Every validated step is saved with its metric, and the selected one
-is never deleted, so the choice over the checkpoints on disk is the argmax over the
-whole validation history, also across restarts.
+largest selection score; on a tie the earliest step (a later checkpoint must be
+strictly better, as in the official code). The score of an evaluated step is its t2v
+R@1 on the selection split (validation, or test under the official protocol), averaged
+with the previous evaluations' over a window of `config.select_window` (1: the step's
+own value; official: 5). Every evaluated step is saved with its score, and the selected
+one is never deleted, so the choice over the checkpoints on disk is the argmax over the
+whole evaluation history, also across restarts (every checkpoint carries the raw
+values of the open window, so a resumed run continues the same moving average).
 """
 
 from __future__ import annotations
@@ -30,13 +34,36 @@ from orbax.checkpoint import checkpoint_managers as managers
 from ps_jax import fileio
 
 MODEL_FILE = "ps_jax_model.json"
-BEST_METRIC = "val_t2v_R@1"
+SCORE = "selection_score"      # what select_best maximises
+BEST_METRIC = "val_t2v_R@1"    # the score's key in checkpoints written before SCORE
+RECENT = "recent_t2v_R@1"      # the raw values of the open window, oldest first
 
 
 def _metric(metrics: Optional[dict]) -> Optional[float]:
-  if not metrics or BEST_METRIC not in metrics:
-    return None
-  return float(metrics[BEST_METRIC])
+  for key in (SCORE, BEST_METRIC):
+    if metrics and key in metrics:
+      return float(metrics[key])
+  return None
+
+
+def evaluated_metrics(recent: Sequence[float], value: float, window: int,
+                      split: str) -> dict:
+  """Checkpoint metrics of an evaluated step.
+
+  Args:
+    recent: raw t2v R@1 of the previous evaluations (oldest first, any length).
+    value: this step's raw t2v R@1 on `split`.
+    window: moving-average window (>= 1).
+    split: the selection split's name.
+
+  Returns:
+    {SCORE: mean of the last `window` raw values including `value` (fewer at the
+    start, as the official code's deque), "t2v_R@1": value, "window", "split",
+    RECENT: the last window - 1 raw values the next evaluation averages with}.
+  """
+  kept = ([float(v) for v in recent] + [float(value)])[-window:]
+  return {SCORE: sum(kept) / len(kept), "t2v_R@1": float(value), "window": int(window),
+          "split": split, RECENT: kept[-(window - 1):] if window > 1 else []}
 
 
 def select_best(history: Sequence[tuple[int, float]]) -> Optional[tuple[int, float]]:
@@ -55,19 +82,24 @@ def select_best(history: Sequence[tuple[int, float]]) -> Optional[tuple[int, flo
 class Selection:
   """The checkpoint a workdir stands for.
 
-  step: the checkpoint step; value: its validation t2v R@1, None when no checkpoint
-  was validated (then `step` is the latest); num_validated: validated checkpoints
-  on disk it was chosen from.
+  step: the checkpoint step; value: its selection score (t2v R@1 on `split`, a moving
+  average over `window` evaluations), None when no checkpoint was evaluated (then
+  `step` is the latest); num_validated: evaluated checkpoints on disk it was chosen
+  from.
   """
   step: int
   value: Optional[float]
   num_validated: int
+  split: str = "val"
+  window: int = 1
 
   def describe(self) -> str:
     if self.value is None:
-      return f"step {self.step} (the latest; no checkpoint has a validation metric)"
-    return (f"step {self.step} (best validation t2v R@1 {self.value:.1f}, earliest on ties, "
-            f"of {self.num_validated} validated checkpoints kept)")
+      return f"step {self.step} (the latest; no checkpoint has a selection metric)"
+    what = (f"moving average of {self.window} evaluations of {self.split} t2v R@1"
+            if self.window > 1 else f"{self.split} t2v R@1")
+    return (f"step {self.step} (best {what} {self.value:.1f}, earliest on ties, "
+            f"of {self.num_validated} evaluated checkpoints kept)")
 
 
 class _KeepSelected:
@@ -102,7 +134,7 @@ class Checkpointer:
     return self.manager.latest_step()
 
   def validation_history(self) -> list[tuple[int, float]]:
-    """(step, validation t2v R@1) of every checkpoint on disk saved with the metric."""
+    """(step, selection score) of every checkpoint on disk saved with one."""
     history = []
     for step in self.manager.all_steps():
       value = _metric(self.manager.metrics(step))
@@ -110,12 +142,19 @@ class Checkpointer:
         history.append((step, value))
     return history
 
+  def recent_values(self, step: int) -> list[float]:
+    """The open window's raw values saved with checkpoint `step` ([] if none)."""
+    metrics = self.manager.metrics(step) or {}
+    return [float(v) for v in metrics.get(RECENT, [])]
+
   def selected(self) -> Optional[Selection]:
-    """The best validated checkpoint (`select_best`), else the latest; None if none."""
+    """The best evaluated checkpoint (`select_best`), else the latest; None if none."""
     history = self.validation_history()
     best = select_best(history)
     if best is not None:
-      return Selection(best[0], best[1], len(history))
+      metrics = self.manager.metrics(best[0]) or {}
+      return Selection(best[0], best[1], len(history), str(metrics.get("split", "val")),
+                       int(metrics.get("window", 1)))
     latest = self.latest_step()
     return None if latest is None else Selection(latest, None, 0)
 

@@ -60,6 +60,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.flip_prob = 0.5          # horizontal flip of training clips (official: 0.5)
   c.data.crop_scale = (0.5, 1.0)  # RandomResizedCrop area fraction of training clips
   c.data.crop_ratio = (3 / 4, 4 / 3)  # and its aspect-ratio range (torchvision's)
+  c.data.crop_interpolation = "bilinear"  # resampling of the training crop (official:
+                                          # torchvision on tensors, bilinear)
   c.data.group_size = 1           # > 1: videos g*k..g*k+g-1 always share a batch
 
   c.batch_size = 32
@@ -73,6 +75,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.optim.lr_new = 1e-5
   c.optim.aggregation_group = "clip"  # learning-rate group of the aggregation attention
                                       # (official: "clip"; "new" = lr_new)
+  c.optim.adamw = "official"      # "official": transformers 4.26 AdamW (eps before bias
+                                  # correction, decay after the update); "optax": optax.adamw
   c.optim.weight_decay = 0.2
   c.optim.b1 = 0.9
   c.optim.b2 = 0.999
@@ -92,8 +96,14 @@ def base_config() -> ml_collections.ConfigDict:
 
   c.checkpoint = ml_collections.ConfigDict({"every_steps": 500, "keep": 2, "async_save": True})
   c.log_every_steps = 20
-  c.eval_every_steps = -1         # -1: once per epoch
+  c.eval_every_steps = -1         # > 0: every N steps; -1: evals_per_epoch times an epoch
+  c.evals_per_epoch = 1           # at the official positions (linspace over the epoch)
   c.select_on = "val"             # "test" selects the checkpoint on test (flattering)
+  c.select_window = 1             # select on the moving average of the last N evaluations
+                                  # of t2v R@1 (official: 5, on test)
+  c.protocol = "validation"       # "official": the official code's protocol (train on the
+                                  # full list, 10 test evaluations an epoch, window 5,
+                                  # selected on test; every result is labelled so)
   c.dsl = False                   # also report dual-softmax (post-processing) metrics
   # glibc malloc keeps freed memory for reuse (ps_jax.runtime.retain_freed_memory): no
   # page faults on XLA:CPU's per-step temporaries; the process keeps its peak heap.

@@ -81,16 +81,22 @@ def report(setup: Setup, step: int, split: str, result: dict, writer=None,
   given: the test of the selected checkpoint, or `--mode eval`) also goes to
   `<workdir>/metrics.json`.
 
-  `selection`, when the checkpoint was chosen on validation, is recorded as
-  {"step", "val_t2v_R@1", "num_validated"} under "selection". Returns the record."""
+  `selection`, when the checkpoint was chosen by its evaluations, is recorded as
+  {"step", "split", "window", "score", "num_validated"} under "selection", and a final
+  result records the protocol and `"test_selected": true` when that split is the test
+  split itself. Returns the record."""
   record = metrics.metrics_to_json(step, result["num_videos"], result["num_texts"],
                                    result["metrics"], result["dsl"])
   record["split"] = split
   if selected_on:
     record["checkpoint_selected_on"] = selected_on
+    record["protocol"] = setup.config.protocol
   if selection is not None and selection.value is not None:
-    record["selection"] = {"step": selection.step, checkpoints.BEST_METRIC: selection.value,
+    record["selection"] = {"step": selection.step, "split": selection.split,
+                           "window": selection.window, "score": selection.value,
                            "num_validated": selection.num_validated}
+    if selected_on:
+      record["test_selected"] = selection.split == setup.config.data.test_split
   if result["twin_acc"] is not None:
     record["twin_acc"] = result["twin_acc"]
   if jax.process_index() != 0:
@@ -112,19 +118,31 @@ def report(setup: Setup, step: int, split: str, result: dict, writer=None,
   return record
 
 
+def describe_selection(config, selection: checkpoints.Selection) -> str:
+  """How the tested checkpoint was chosen, for the table's title and metrics.json."""
+  if selection.value is None:
+    return selection.describe()
+  if selection.split == config.data.test_split:
+    protocol = "official protocol, " if config.protocol == "official" else ""
+    return (f"TEST ({protocol}selected on the split it reports: flattering): "
+            f"{selection.describe()}")
+  return f"{selection.split}: {selection.describe()}"
+
+
 def final_test(setup: Setup, ckpt: checkpoints.Checkpointer, params, step: int,
                writer: Optional[reporting.MetricWriter] = None, key: str = "params") -> dict:
-  """Test metrics of the checkpoint selected on validation (`Checkpointer.selected`), or
-  of the last step (`params`, `step`) when config.select_on == "test" (labelled so)."""
+  """Test metrics of the checkpoint selected by its evaluations (`Checkpointer.selected`:
+  on validation, or on test when config.select_on == "test", labelled so), else of the
+  last step (`params`, `step`)."""
   c = setup.config
-  selection = ckpt.selected() if c.select_on == "val" and c.data.val_split else None
+  selection = ckpt.selected() if experiment.selection_split(c) else None
   if selection is not None and selection.value is not None:
     step = selection.step
     params = ckpt.restore_params(step, experiment.abstract_params(setup), key)
-    selected = f"{c.data.val_split}: {selection.describe()}"
+    selected = describe_selection(c, selection)
   else:
     selection = None
-    selected = "test (the last step; selecting on test flatters the numbers)"
+    selected = "none (the last step: no evaluation during training)"
   result = evaluate_split(setup, params, c.data.test_split)
   record = report(setup, step, c.data.test_split, result, writer, selected_on=selected,
                   selection=selection)
@@ -146,7 +164,7 @@ def evaluate_only(config, workdir: str) -> dict:
       step = selection.step
       key = "ema_params" if config.optim.ema_decay > 0 else "params"
       params = ckpt.restore_params(step, experiment.abstract_params(setup), key)
-      source = f"{config.data.val_split}: {selection.describe()}"
+      source = describe_selection(setup.config, selection)
     else:
       if not config.model.init_from:
         raise ConfigError(f"--mode eval needs a checkpoint in {workdir!r} or "

@@ -37,7 +37,10 @@ _FIELD_CHECKS = (
     ("eval_batch_size", lambda v: v >= 1, "a positive number"),
     ("num_epochs", lambda v: v >= 1, "a positive number of epochs"),
     ("num_train_steps", lambda v: v == -1 or v >= 1, "-1 (use num_epochs) or positive"),
-    ("eval_every_steps", lambda v: v == -1 or v >= 1, "-1 (once per epoch) or positive"),
+    ("eval_every_steps", lambda v: v == -1 or v >= 1,
+     "-1 (config.evals_per_epoch times an epoch) or positive"),
+    ("evals_per_epoch", lambda v: v >= 1, "positive"),
+    ("select_window", lambda v: v >= 1, "positive (1 = no moving average)"),
     ("log_every_steps", lambda v: v >= 1, "positive"),
     ("checkpoint.every_steps", lambda v: v >= 1, "positive"),
     ("checkpoint.keep", lambda v: v >= 1, "positive"),
@@ -94,6 +97,10 @@ def validate_config(config, num_devices: Optional[int] = None,
     if f < 1 or (p and f % p):
       raise ConfigError(f"config.data.{field}={f} must be a positive multiple of "
                         f"config.model.num_prompts={p} (F = chunks x prompts)")
+  if p and m.aggregate and d.eval_num_frames % d.num_frames:
+    raise ConfigError(f"config.data.eval_num_frames={d.eval_num_frames} must be a multiple "
+                      f"of config.data.num_frames={d.num_frames}: the aggregation attends "
+                      "over groups of the training clip length, as in the official model")
   mesh_size = [config.mesh.data, config.mesh.fsdp]
   if -1 not in mesh_size and math.prod(mesh_size) != num_devices:
     raise ConfigError(f"config.mesh: data x fsdp = {mesh_size[0]} x {mesh_size[1]} must "
@@ -123,8 +130,72 @@ def validate_config(config, num_devices: Optional[int] = None,
                       f"{config.optim.aggregation_group!r}")
   if config.select_on not in ("val", "test"):
     raise ConfigError(f"config.select_on must be 'val' or 'test', got {config.select_on!r}")
+  if config.protocol not in PROTOCOLS:
+    raise ConfigError(f"config.protocol must be one of {PROTOCOLS}, got {config.protocol!r}")
+  if config.optim.adamw not in ("official", "optax"):
+    raise ConfigError("config.optim.adamw must be 'official' or 'optax', got "
+                      f"{config.optim.adamw!r}")
+  if d.crop_interpolation not in ("bilinear", "bicubic"):
+    raise ConfigError("config.data.crop_interpolation must be 'bilinear' or 'bicubic', got "
+                      f"{d.crop_interpolation!r}")
   if not d.name:
     raise ConfigError("config.data.name is empty")
+
+
+# ----------------------------------------------------------------------------- protocol
+
+PROTOCOLS = ("validation", "official")
+# What config.protocol = "official" sets: the official code trains on the whole training
+# list, evaluates on test 10 times an epoch and keeps the checkpoint with the best
+# moving average (5 evaluations) of test t2v R@1.
+OFFICIAL_PROTOCOL = (("data.train_split", "train_full"), ("select_on", "test"),
+                     ("eval_every_steps", -1), ("evals_per_epoch", 10),
+                     ("select_window", 5))
+
+
+def apply_protocol(config, splits=()):
+  """The config with config.protocol's fields set (a copy; unchanged for "validation").
+
+  Args:
+    config: the experiment config.
+    splits: split names of the prepared dataset; "train_full" is used only where it
+      exists (datasets with a validation hold-out; otherwise "train" is the full list).
+  """
+  if config.protocol != "official":
+    return config
+  config = config.copy_and_resolve_references()
+  changed = []
+  for dotted, value in OFFICIAL_PROTOCOL:
+    if dotted == "data.train_split" and value not in splits:
+      continue
+    *parents, key = dotted.split(".")
+    node = _field(config, ".".join(parents)) if parents else config
+    if node[key] != value:
+      changed.append(f"{dotted}={value!r}")
+      node[key] = value
+  if changed:
+    reporting.say("config.protocol='official' sets " + ", ".join(changed))
+  return config
+
+
+def selection_split(config) -> str:
+  """The split the periodic evaluations run on and the checkpoint is selected on."""
+  return config.data.test_split if config.select_on == "test" else config.data.val_split
+
+
+def is_eval_step(config, step: int, steps_per_epoch: int, total_steps: int) -> bool:
+  """Whether the periodic evaluation runs after training step `step` (1-based).
+
+  Every config.eval_every_steps steps when > 0; else config.evals_per_epoch times an
+  epoch at the official positions: batch indices floor(linspace(0, S - 1, k + 1))[1:]
+  of each epoch of S steps (k = 1: the epoch's last step). Always after the last step.
+  """
+  if step == total_steps:
+    return True
+  if config.eval_every_steps > 0:
+    return step % config.eval_every_steps == 0
+  positions = np.linspace(0, steps_per_epoch - 1, config.evals_per_epoch + 1).astype(int)
+  return (step - 1) % steps_per_epoch in set(positions[1:].tolist())
 
 
 def data_dir(config, workdir: str) -> str:
@@ -180,7 +251,9 @@ def clip_config_from(config, tokenizer) -> ClipConfig:
 
 def model_options(config) -> dict:
   m = config.model
+  # The official model aggregates over groups of the TRAINING clip length, also at test.
   return dict(num_prompts=m.num_prompts, switch=m.switch, aggregate=m.aggregate,
+              aggregation_frames=config.data.num_frames if m.num_prompts else 0,
               num_captioner_layers=m.num_captioner_layers,
               prompt_init_scale=m.prompt_init_scale, dtype=m.dtype,
               remat_policy=m.remat_policy, scan_unroll=m.scan_unroll,
@@ -220,6 +293,9 @@ def build_setup(config, workdir: str) -> Setup:
   reporting.say(f"mesh {dict(mesh.shape)} over {mesh.size} devices "
                 f"({jax.process_count()} processes)")
   root = ensure_dataset(config, workdir)
+  if config.protocol != "validation":
+    index = builders.read_index(builders.dataset_dir(root, config.data.name))
+    config = apply_protocol(config, tuple(index["splits"]))
   tokenizer = build_tokenizer(config)
   clip_config = clip_config_from(config, tokenizer)
   if tokenizer.vocab_size > clip_config.text.vocab_size:

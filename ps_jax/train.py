@@ -3,10 +3,11 @@
 Layer: jobs (imports experiment assembly, the step, checkpoints, evaluation and
 reporting). `train_and_evaluate(config, workdir)` builds everything from an
 ml_collections config (`ps_jax.experiment`), resumes from the workdir's latest complete
-checkpoint, trains with periodic validation (each validated step is checkpointed with
-its metric), and finally tests the checkpoint selected on validation (or the last one,
-when `config.select_on == "test"`, labelled as such). Killed at any moment and run
-again, it ends exactly like an uninterrupted run.
+checkpoint, trains with periodic evaluations on the selection split (each evaluated
+step is checkpointed with its selection score: t2v R@1, optionally a moving average),
+and finally tests the selected checkpoint (selected on validation; on test when
+`config.select_on == "test"` or `config.protocol == "official"`, labelled as such).
+Killed at any moment and run again, it ends exactly like an uninterrupted run.
 """
 
 from __future__ import annotations
@@ -29,17 +30,18 @@ def train_and_evaluate(config, workdir: str) -> dict:
   experiment.validate_config(config)
   fileio.makedirs(workdir)
   setup = experiment.build_setup(config, workdir)
-  c, mesh = config, setup.mesh
+  c, mesh = setup.config, setup.mesh  # config.protocol applied
   loader = pipeline.make_train_loader(
       setup.data_root, c.data.name, c.data.train_split, tokenizer=setup.tokenizer,
       global_batch_size=c.batch_size, num_frames=c.data.num_frames,
       num_prompts=c.model.num_prompts or c.data.num_frames, image_size=c.data.image_size,
       max_len=c.data.max_len, seed=c.seed, worker_count=c.data.worker_count,
       flip_prob=c.data.flip_prob, crop_scale=tuple(c.data.crop_scale),
-      crop_ratio=tuple(c.data.crop_ratio), group_size=c.data.group_size)
+      crop_ratio=tuple(c.data.crop_ratio), crop_interpolation=c.data.crop_interpolation,
+      group_size=c.data.group_size)
   total_steps = c.num_train_steps if c.num_train_steps > 0 else (
       c.num_epochs * loader.steps_per_epoch)
-  eval_every = c.eval_every_steps if c.eval_every_steps > 0 else loader.steps_per_epoch
+  select_split = experiment.selection_split(c)
   tx, schedules = optim.make_optimizer(c.optim, total_steps)
   lc = ts.make_loss_config(setup.tokenizer, setup.model.clip.text.vocab_size,
                            c.loss.caption_weight)
@@ -53,8 +55,10 @@ def train_and_evaluate(config, workdir: str) -> dict:
                                   async_save=c.checkpoint.async_save)
   iterator = iter(loader)
   start = ckpt.latest_step()
+  recent = []  # raw t2v R@1 of the evaluations in the open moving-average window
   if start is not None:
     reporting.say(f"resuming from step {start} ({ckpt.directory})")
+    recent = ckpt.recent_values(start)
     target = jax.tree_util.tree_map(
         lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings)
     state = ckpt.restore(start, target, iterator)
@@ -82,14 +86,18 @@ def train_and_evaluate(config, workdir: str) -> dict:
         scalars["videos_per_s"] = progress.rate(step)
         writer.write_scalars(step, scalars)
         progress.show(scalars)
-      record = None
-      if step % eval_every == 0 or step == total_steps:
-        result = evaluate.evaluate_split(setup, state[eval_params], c.data.val_split,
-                                         encoders)
-        record = evaluate.report(setup, step, c.data.val_split, result, writer)
+      value = {checkpoints.RECENT: recent}
+      if select_split and experiment.is_eval_step(c, step, loader.steps_per_epoch,
+                                                  total_steps):
+        result = evaluate.evaluate_split(setup, state[eval_params], select_split, encoders)
+        record = evaluate.report(setup, step, select_split, result, writer)
+        value = checkpoints.evaluated_metrics(recent, record["t2v"]["R@1"],
+                                              c.select_window, select_split)
+        recent = value[checkpoints.RECENT]
+        record["selection_score"] = value[checkpoints.SCORE]
         writer.write_record(step, record, kind="eval")
-      if record is not None or step % c.checkpoint.every_steps == 0 or step == stop_at:
-        value = None if record is None else {checkpoints.BEST_METRIC: record["t2v"]["R@1"]}
+      if checkpoints.SCORE in value or step % c.checkpoint.every_steps == 0 or (
+          step == stop_at):
         writer.flush()  # everything logged up to this step is on disk with its checkpoint
         ckpt.save(step, state, iterator, metrics=value, force=True)
     ckpt.wait()

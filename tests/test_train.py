@@ -200,8 +200,10 @@ def _assert_selected_step_4(workdir, record, data_root):
   assert best == (4, 40.0)
   assert record["step"] == 4
   assert record["selection"]["step"] == 4
-  assert record["selection"][checkpoints.BEST_METRIC] == 40.0
-  assert "step 4 (best validation t2v R@1 40.0" in record["checkpoint_selected_on"]
+  assert record["selection"]["score"] == 40.0
+  assert (record["selection"]["split"], record["selection"]["window"]) == ("val", 1)
+  assert record["test_selected"] is False and record["protocol"] == "validation"
+  assert "step 4 (best val t2v R@1 40.0" in record["checkpoint_selected_on"]
   ckpt_dir = os.path.join(workdir, "checkpoints")
   assert sorted(int(n) for n in os.listdir(ckpt_dir) if n.isdigit()) == [4, 8]
   # The test metrics are those of step 4's weights, which differ from the last step's.
@@ -250,3 +252,110 @@ def test_the_best_step_from_before_a_resume_still_wins(data_root, tmp_path, monk
   assert [r["step"] for r in history if r["kind"] == "train"] == list(range(1, 9))
   assert [r["step"] for r in history if r["kind"] == "eval"] == [2, 4, 6, 8]
   assert [r["step"] for r in history if r["kind"] == "test"] == [4]
+
+
+# Scripted validation t2v R@1 at every step: the raw best is the spike at step 2, the
+# best moving average over 3 evaluations is step 7 (and would be step 5 if a resumed
+# run forgot the values of the open window).
+SCRIPTED_SPIKE_R1 = {1: 0.0, 2: 60.0, 3: 0.0, 4: 0.0, 5: 40.0, 6: 40.0, 7: 40.0, 8: 0.0}
+
+
+def _official_window_averages(values, window):
+  """The official trainer's rule: a deque(maxlen=window) of R@1, averaged after each
+  evaluation (fewer values at the start)."""
+  recent, out = [], []
+  for v in values:
+    recent = (recent + [v])[-window:]
+    out.append(float(np.mean(recent)))
+  return out
+
+
+@pytest.mark.parametrize("stop_after", [None, 4])
+def test_selection_on_a_moving_average_survives_a_resume(data_root, tmp_path, monkeypatch,
+                                                          stop_after):
+  real = evaluate.report
+
+  def report(setup, step, split, result, *args, **kwargs):
+    if split == setup.config.data.val_split:
+      result["metrics"]["t2v"]["R@1"] = SCRIPTED_SPIKE_R1[step]
+    return real(setup, step, split, result, *args, **kwargs)
+
+  monkeypatch.setattr(evaluate, "report", report)
+  steps = sorted(SCRIPTED_SPIKE_R1)
+  averages = _official_window_averages([SCRIPTED_SPIKE_R1[s] for s in steps], 3)
+  expected = checkpoints.select_best(list(zip(steps, averages)))
+  assert expected[0] == 7 and max(SCRIPTED_SPIKE_R1, key=SCRIPTED_SPIKE_R1.get) == 2
+  workdir = str(tmp_path / "run")
+  cfg = dict(eval_every_steps=1, select_window=3)
+  if stop_after:
+    assert train.train_and_evaluate(
+        _selection_config(data_root, stop_after_steps=stop_after, **cfg), workdir) == {}
+  record = train.train_and_evaluate(_selection_config(data_root, **cfg), workdir)
+  assert record["step"] == record["selection"]["step"] == 7
+  assert record["selection"]["score"] == pytest.approx(expected[1])
+  assert record["selection"]["window"] == 3
+  assert "moving average of 3 evaluations of val t2v R@1 40.0" in (
+      record["checkpoint_selected_on"])
+  history = reporting.read_history(os.path.join(workdir, "history.jsonl"))
+  scores = [r["selection_score"] for r in history if r["kind"] == "eval"]
+  np.testing.assert_allclose(scores, averages)
+  _assert_trees_equal(jax.device_get(ps_jax.load_model(workdir)[1]), _params_at(workdir, 7))
+
+
+@pytest.mark.parametrize("steps_per_epoch,evals", [(2, 10), (7, 1), (7, 3), (50, 10),
+                                                   (91, 10), (3, 2)])
+def test_evaluations_run_at_the_official_positions(steps_per_epoch, evals):
+  cfg = tiny_config(eval_every_steps=-1, evals_per_epoch=evals)
+  epochs, total = 3, 3 * steps_per_epoch
+  # The official trainer: per epoch, after batch indices
+  # np.linspace(0, num_steps - 1, evals_per_epoch + 1, dtype=int)[1:].
+  official = np.linspace(0, steps_per_epoch - 1, evals + 1, dtype=int)[1:]
+  expected = sorted({e * steps_per_epoch + int(b) + 1 for e in range(epochs)
+                     for b in official})
+  got = [s for s in range(1, total + 1)
+         if experiment.is_eval_step(cfg, s, steps_per_epoch, total)]
+  assert got == expected
+  every = tiny_config(eval_every_steps=4)
+  assert [s for s in range(1, 11) if experiment.is_eval_step(every, s, 3, 10)] == [4, 8, 10]
+
+
+def test_the_official_protocol_sets_its_fields_and_only_those():
+  cfg = tiny_config()
+  assert experiment.apply_protocol(cfg, ("train", "val", "train_full", "test")) is cfg
+  cfg.protocol = "official"
+  out = experiment.apply_protocol(cfg, ("train", "val", "train_full", "test"))
+  assert (out.data.train_split, out.select_on, out.eval_every_steps, out.evals_per_epoch,
+          out.select_window) == ("train_full", "test", -1, 10, 5)
+  assert experiment.selection_split(out) == out.data.test_split
+  assert cfg.data.train_split == "train" and cfg.select_on == "val"  # a copy
+  no_holdout = experiment.apply_protocol(cfg, ("train", "val", "test"))
+  assert no_holdout.data.train_split == "train"  # already the whole training list
+  for key in ("model", "optim", "data", "loss"):
+    changed = {k for k in out[key] if out[key][k] != cfg[key][k]}
+    assert changed <= {"train_split"}, (key, changed)
+  with pytest.raises(ValueError, match="config.protocol must be one of"):
+    experiment.validate_config(tiny_config(protocol="paper"), num_devices=1,
+                               num_processes=1)
+
+
+def test_the_official_protocol_selects_on_test_and_says_so(data_root, tmp_path, capsys):
+  """4 steps of 2 per epoch with 10 evaluations an epoch: every step is evaluated on
+  test; the tested checkpoint is the best 5-evaluation moving average of test R@1."""
+  workdir = str(tmp_path / "run")
+  record = train.train_and_evaluate(
+      _selection_config(data_root, protocol="official", num_train_steps=4,
+                        eval_every_steps=3), workdir)
+  out = capsys.readouterr().out
+  assert "config.protocol='official' sets select_on='test', eval_every_steps=-1" in out
+  history = reporting.read_history(os.path.join(workdir, "history.jsonl"))
+  evals = [r for r in history if r["kind"] == "eval"]
+  assert [(r["step"], r["split"]) for r in evals] == [(s, "test") for s in (1, 2, 3, 4)]
+  averages = _official_window_averages([r["t2v"]["R@1"] for r in evals], 5)
+  best = checkpoints.select_best([(r["step"], a) for r, a in zip(evals, averages)])
+  assert record["selection"]["step"] == record["step"] == best[0]
+  assert record["selection"]["score"] == pytest.approx(best[1])
+  assert (record["selection"]["split"], record["selection"]["window"]) == ("test", 5)
+  assert record["test_selected"] is True and record["protocol"] == "official"
+  assert record["checkpoint_selected_on"].startswith(
+      "TEST (official protocol, selected on the split it reports: flattering)")
+  assert record["t2v"] == next(r for r in evals if r["step"] == best[0])["t2v"]
