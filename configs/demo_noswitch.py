@@ -5,9 +5,9 @@
 The prompts stay (same parameter count) but are never transposed between frames and
 the CLS tokens do not read them at the end, so every frame is encoded on its own and
 mean-pooled. Frame order can reach the video embedding only through each frame's own
-prompts (they tell a frame its position); in the demo's budget that was never learnt
-and its twin accuracy stays at 50% (README: five seeds). Same data, schedule and budget
-as the demo.
+prompts (they tell a frame its position), and that suffices: with the official
+optimizer and initialisation it learnt the direction of motion on 4 seeds of 5 (README
+lists the five seeds). Same data, schedule and budget as the demo.
 """
 
 import os

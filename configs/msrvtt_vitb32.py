@@ -1,7 +1,7 @@
 """MSR-VTT 9k, ViT-B/32: the paper's main setting with the official hyperparameters.
 
   python -m ps_jax.data.prepare --dataset msrvtt --video_dir MSRVTT/videos \
-      --anno_dir MSRVTT/annotations --out_dir data --split_protocol 9k
+      --anno_dir MSRVTT/annotations --out_dir data --split_protocol 9k --fps 3
   python -m ps_jax.main --config configs/msrvtt_vitb32.py --workdir runs/msrvtt_b32 \
       --config.model.init_from=clip-vit-base-patch32 --config.data.dir=data
 
@@ -12,6 +12,10 @@ cosine with 10% warm-up, clipping at 1.0. Hardware: one 8-chip TPU slice or 8 GP
 (data parallel), or one GPU with grad_accum_steps. The paper reports t2v R@1 47.8 for
 ViT-B/32 (selected on test); ps_jax selects on a validation hold-out of 1,000 training
 videos (config.select_on="val"), so expect slightly lower, honestly selected numbers.
+`--config.protocol=official` runs the official protocol instead (the whole 9k list, 10
+test evaluations an epoch, best moving average of 5 test R@1), labelled as test-selected.
+`--fps 3` re-times the videos like the official compress step (224 px, 3 fps); videos
+already compressed by it need no `--fps`.
 """
 
 from ps_jax.config_defaults import base_config

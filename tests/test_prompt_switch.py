@@ -353,6 +353,28 @@ def test_reproduces_the_official_model(official, num_frames, group):
     assert np.abs(np.asarray(per_chunk) - want_feats).max() > 1e-3
 
 
+def test_fixed_length_padding_changes_nothing(official):
+  """ps_jax pads captions to a fixed length, the official code to the longest caption of
+  the batch: text embeddings and the caption loss are the same (padding is EOS, masked)."""
+  _, path, hf_config = official
+  model, params = ps_jax.load_model(path, clip_config=hf_config, num_prompts=P)
+  v = {"params": params}
+  ids, mask = random_text_batch(np.random.default_rng(7), 3, 10, 99)
+  ids = np.pad(ids, ((0, 0), (0, 6)), constant_values=98)  # EOS padding to 16
+  mask = np.pad(mask, ((0, 0), (0, 6)))
+  longest = int(mask.sum(1).max())
+  assert longest <= 10
+  short_ids, short_mask = ids[:, :longest], mask[:, :longest]
+  np.testing.assert_allclose(model.apply(v, ids, mask, method="encode_text"),
+                             model.apply(v, short_ids, short_mask, method="encode_text"),
+                             atol=1e-6)
+  frames = _frames(P, seed=5, batch=3)
+  weights = jnp.asarray(np.random.default_rng(2).uniform(0.25, 1.0, 99), jnp.float32)
+  loss = lambda i: losses.caption_loss(model.apply(v, i, frames, method="caption_logits"),
+                                       i, eos_id=98, class_weights=weights)
+  np.testing.assert_allclose(float(loss(ids)), float(loss(short_ids)), rtol=1e-6)
+
+
 def test_official_import_rejects_unexpected_and_missing_keys(official, tmp_path):
   ref, _, hf_config = official
   state = ref.state_dict()

@@ -50,18 +50,24 @@ def test_demo_table_is_the_recorded_five_seed_run(run_seeds):
   runs = recorded["runs"]
   demo = {r["seed"]: r for r in runs["demo"]}
   noswitch = {r["seed"]: r for r in runs["demo_noswitch"]}
-  # "The switched model learns the direction of motion on 4 seeds of 5 (twin accuracy
-  # 70-75% on seeds 0, 1, 3, 4) ... On seed 2 [it] never left the ... saddle".
-  learnt = {s for s, r in demo.items() if r["twin_acc"] >= 60.0}
-  assert learnt == {0, 1, 3, 4}
-  assert all(69.5 <= demo[s]["twin_acc"] <= 75.0 for s in learnt)
-  assert abs(demo[2]["twin_acc"] - 50.0) < 1.0
-  # "no-switch and mean pooling stay at 50% on all five."
-  assert all(abs(r["twin_acc"] - 50.0) < 1.0 for r in runs["demo_noswitch"])
+  # "The switched model learns the direction of motion on all 5 seeds (twin accuracy
+  # 59-91%; 59.4% on seed 0, 66-91% on the others). But no-switch learns it too, on 4
+  # seeds of 5 (65-72% on seeds 0, 1, 2, 4; 53.8% on seed 3)".
+  assert all(59.0 <= r["twin_acc"] <= 91.0 for r in demo.values())
+  assert round(demo[0]["twin_acc"], 1) == 59.4
+  assert all(66.0 <= demo[s]["twin_acc"] <= 91.0 for s in (1, 2, 3, 4))
+  learnt = {s for s, r in noswitch.items() if r["twin_acc"] >= 60.0}
+  assert learnt == {0, 1, 2, 4}
+  assert all(65.0 <= noswitch[s]["twin_acc"] <= 72.0 for s in learnt)
+  assert round(noswitch[3]["twin_acc"], 1) == 53.8
+  # "Mean pooling scores a clip and its twin exactly alike (50% on every seed".
   assert all(r["twin_acc"] == 50.0 for r in runs["demo_meanpool"])
-  # "It beats no-switch by at least 5 t2v R@1 points on seeds 1, 3 and 4 only."
+  # "beats no-switch by at least 5 t2v R@1 points on seeds 1, 3 and 4 only, and is worse
+  # on seeds 0 and 2 (-4.8 and -9.6)".
   margin = {s: demo[s]["t2v_R@1"] - noswitch[s]["t2v_R@1"] for s in demo}
   assert {s for s, m in margin.items() if m >= 5.0} == {1, 3, 4}
-  # "A demo run took 283-316 s ... (seed 4: 388 s, beside a profiling job)."
+  assert {s for s, m in margin.items() if m < 0} == {0, 2}
+  assert (round(margin[0], 1), round(margin[2], 1)) == (-4.8, -9.6)
+  # "A demo run took 372-413 s wall ... with two runs going side by side".
   walls = sorted(round(r["wall_s"]) for r in runs["demo"])
-  assert walls == [283, 302, 315, 316, 388]
+  assert (walls[0], walls[-1]) == (372, 413)

@@ -170,12 +170,14 @@ def test_twin_accuracy():
 SCRIPTED_VAL_R1 = {2: 10.0, 4: 40.0, 6: 40.0, 8: 20.0}
 
 
-def _script_validation(monkeypatch):
+def _script_validation(monkeypatch, scripted=None):
+  """Replaces the validation t2v R@1 of each step by `scripted[step]`."""
+  scripted = SCRIPTED_VAL_R1 if scripted is None else scripted
   real = evaluate.report
 
   def report(setup, step, split, result, *args, **kwargs):
     if split == setup.config.data.val_split:
-      result["metrics"]["t2v"]["R@1"] = SCRIPTED_VAL_R1[step]
+      result["metrics"]["t2v"]["R@1"] = scripted[step]
     return real(setup, step, split, result, *args, **kwargs)
 
   monkeypatch.setattr(evaluate, "report", report)
@@ -273,14 +275,7 @@ def _official_window_averages(values, window):
 @pytest.mark.parametrize("stop_after", [None, 4])
 def test_selection_on_a_moving_average_survives_a_resume(data_root, tmp_path, monkeypatch,
                                                           stop_after):
-  real = evaluate.report
-
-  def report(setup, step, split, result, *args, **kwargs):
-    if split == setup.config.data.val_split:
-      result["metrics"]["t2v"]["R@1"] = SCRIPTED_SPIKE_R1[step]
-    return real(setup, step, split, result, *args, **kwargs)
-
-  monkeypatch.setattr(evaluate, "report", report)
+  _script_validation(monkeypatch, SCRIPTED_SPIKE_R1)
   steps = sorted(SCRIPTED_SPIKE_R1)
   averages = _official_window_averages([SCRIPTED_SPIKE_R1[s] for s in steps], 3)
   expected = checkpoints.select_best(list(zip(steps, averages)))
