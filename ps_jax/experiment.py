@@ -225,8 +225,12 @@ def build_tokenizer(config) -> tokenizer_lib.Tokenizer:
   """The experiment's tokenizer (`ps_jax.data.tokenizers.spec_from_config`'s rule)."""
   spec = tokenizers.spec_from_config(config)
   if spec is None:
-    raise ConfigError("config.data.tokenizer is empty and cannot be inferred: give a "
-                      "directory with CLIP tokenizer files (see "
+    init = config.model.init_from
+    source = (f"config.model.init_from={init!r} is not a directory that holds one (an "
+              "official .pth carries no tokenizer)") if init else "config.model.init_from is empty"
+    raise ConfigError(f"config.data.tokenizer is empty and {source}: pass "
+                      "--config.data.tokenizer=DIR, DIR a directory with CLIP tokenizer "
+                      "files (vocab.json, merges.txt: any HF CLIP directory, or "
                       "ps_jax.tokenizer.write_clip_tokenizer_files)")
   try:
     return tokenizers.load(spec)
@@ -301,11 +305,14 @@ def build_setup(config, workdir: str) -> Setup:
   if tokenizer.vocab_size > clip_config.text.vocab_size:
     raise ConfigError(f"tokenizer has {tokenizer.vocab_size} ids but the text model only "
                       f"{clip_config.text.vocab_size} (config.data.tokenizer / model.clip)")
-  model = api.build_model(clip_config, **model_options(config))
+  try:
+    model = api.build_model(clip_config, **model_options(config))
+  except ValueError as e:
+    raise ConfigError(f"config.model: {e}") from e
   params_sharding = model_params_sharding(model, mesh, config.sharding_rules)
   checkpoints.write_model_file(workdir, {
       "clip": clip_config.to_hf_dict(), "options": model_options(config),
-      "tokenizer": config.data.tokenizer or config.data.name, "config": config.to_dict()})
+      "tokenizer": tokenizers.spec_from_config(config), "config": config.to_dict()})
   return Setup(config, workdir, mesh, model, tokenizer, root, params_sharding)
 
 

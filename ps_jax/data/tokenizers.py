@@ -5,8 +5,10 @@ directory with CLIP tokenizer files, or a word-vocabulary `.json`) or "moving_sh
 (the synthetic benchmark's word vocabulary, which needs no file). One rule, used by
 training, evaluation, indexing and search:
 
-  config.data.tokenizer, else "moving_shapes" for that benchmark, else the directory of
-  config.model.init_from (a HF CLIP directory holds its tokenizer files).
+  config.data.tokenizer, else the directory of config.model.init_from (a HF CLIP
+  directory holds its tokenizer files, and its text embedding only means anything with
+  them), else "moving_shapes" for that benchmark. An official `.pth` holds no tokenizer:
+  with one, config.data.tokenizer must name it.
 """
 
 from __future__ import annotations
@@ -24,13 +26,16 @@ def spec_from_config(config: Mapping[str, Any]) -> Optional[str]:
   """The tokenizer spec of an experiment config (a ConfigDict or its `to_dict()`); None
   when it cannot be inferred."""
   data, model = config.get("data", {}), config.get("model", {})
-  if data.get("tokenizer"):
-    return os.path.abspath(data["tokenizer"])
-  if str(data.get("name", "")).startswith(MOVING_SHAPES):
-    return MOVING_SHAPES
+  named = data.get("tokenizer")
+  if named:
+    if named.startswith(MOVING_SHAPES) and not os.path.exists(named):
+      return named
+    return os.path.abspath(named)
   init = model.get("init_from", "")
   if init and os.path.isdir(init):
     return os.path.abspath(init)
+  if str(data.get("name", "")).startswith(MOVING_SHAPES):
+    return MOVING_SHAPES
   return None
 
 
