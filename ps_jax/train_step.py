@@ -132,9 +132,28 @@ def accumulated_grads(params, batch, model, lc: LossConfig, k: int) -> tuple[Any
   return loss, grads, metrics
 
 
+def compute_grads(params, batch: Mapping[str, Array], model, lc: LossConfig,
+                  grad_accum_steps: int = 1, grad_shardings: Any = None):
+  """(loss, grads like params, metrics) of one global batch.
+
+  With `grad_shardings` (the params' NamedShardings) every gradient is constrained to
+  its parameter's layout: under FSDP XLA then reduce-scatters each gradient onto the
+  shards that own the parameter instead of all-reducing a replicated copy, and the
+  optimizer update runs on shards.
+  """
+  if grad_accum_steps > 1:
+    loss, grads, metrics = accumulated_grads(params, batch, model, lc, grad_accum_steps)
+  else:
+    (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, batch, model,
+                                                                        lc)
+  if grad_shardings is not None:
+    grads = jax.lax.with_sharding_constraint(grads, grad_shardings)
+  return loss, grads, metrics
+
+
 def train_step(state: State, batch: Mapping[str, Array], *, model, tx: optax.GradientTransformation,
                lc: LossConfig, schedules: Mapping[str, Callable], grad_accum_steps: int = 1,
-               ema_decay: float = 0.0) -> tuple[State, dict]:
+               ema_decay: float = 0.0, grad_shardings: Any = None) -> tuple[State, dict]:
   """One optimiser update on a global batch.
 
   Args:
@@ -143,16 +162,15 @@ def train_step(state: State, batch: Mapping[str, Array], *, model, tx: optax.Gra
       "input_ids": int32[B, L], "attention_mask": int32[B, L]} (global arrays, sharded
       on B).
 
+    grad_shardings: the params' shardings, imposed on the gradients (see
+      `compute_grads`); None leaves them to XLA.
+
   Returns:
     (new state, metrics of floats: loss, loss terms, grad_norm, lr_clip, lr_new,
     logit_scale).
   """
-  if grad_accum_steps > 1:
-    loss, grads, metrics = accumulated_grads(state["params"], batch, model, lc,
-                                             grad_accum_steps)
-  else:
-    (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-        state["params"], batch, model, lc)
+  loss, grads, metrics = compute_grads(state["params"], batch, model, lc, grad_accum_steps,
+                                       grad_shardings)
   updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
   params = optim.clamp_logit_scale(optax.apply_updates(state["params"], updates))
   rng, _ = jax.random.split(state["rng"])
@@ -183,10 +201,12 @@ def jit_train_step(model, tx: optax.GradientTransformation, lc: LossConfig,
 
   The state is placed (and returned) as `state_shardings`; every batch array is split on
   its leading axis over all mesh axes (`sharding.batch_sharding`); metrics come back
-  replicated. With `donate` the input state's buffers are reused for the output.
+  replicated; gradients are constrained to the params' shardings (`compute_grads`). With
+  `donate` the input state's buffers are reused for the output (and deleted).
   """
   step = functools.partial(train_step, model=model, tx=tx, lc=lc, schedules=schedules,
-                           grad_accum_steps=grad_accum_steps, ema_decay=ema_decay)
+                           grad_accum_steps=grad_accum_steps, ema_decay=ema_decay,
+                           grad_shardings=state_shardings["params"])
   batch = {k: sharding.batch_sharding(mesh, n) for k, n in BATCH_NDIMS.items()}
   return jax.jit(step, in_shardings=(state_shardings, batch),
                  out_shardings=(state_shardings, sharding.replicated(mesh)),

@@ -138,6 +138,26 @@ def test_donation_does_not_change_results(adamw_run):
   assert_trees_close(hist_d, hist_k, rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("donate", [True, False])
+def test_the_trainers_step_donates_the_input_state(donate):
+  """`ts.jit_train_step` as the training loop calls it (donate by default): after a step
+  every buffer of the input state is gone (XLA reused it for the output); with
+  donate=False they all survive, so this test can tell the two apart."""
+  from ps_jax import sharding  # pylint: disable=g-import-not-at-top
+  from train_fixtures import make_train_step  # pylint: disable=g-import-not-at-top
+  mesh = sharding.make_mesh(1, 1, jax.devices()[:1])
+  batch = tiny_batch(batch=4, frames=4)
+  state, step, shardings = make_train_step(tiny_model(), mesh, batch)
+  if not donate:
+    tx, schedules = optim.make_optimizer(OPTIM, 10)
+    step = ts.jit_train_step(tiny_model(), tx, LC, schedules, shardings, mesh, donate=False)
+  leaves = jax.tree_util.tree_leaves(state)
+  new, _ = step(state, sharding.global_batch(batch, mesh))
+  jax.block_until_ready(new)
+  assert len(leaves) > 100
+  assert [x.is_deleted() for x in leaves] == [donate] * len(leaves)
+
+
 # bfloat16 keeps 8 significant bits: each matmul input is rounded with a relative error
 # of at most 2^-9 ~ 2e-3, while accumulation, LayerNorm statistics, softmax, the losses,
 # params and optimizer state stay float32. Through these tiny towers the observed

@@ -32,7 +32,8 @@ def test_a_few_steps_lower_the_loss():
 
 
 def test_sharded_step_equals_single_device_step():
-  """8 fake CPU devices, meshes 8x1, 4x2, 2x4 and 4x2 with 2 accumulation steps."""
+  """8 fake CPU devices, meshes 8x1, 4x2, 2x4 and 4x2 with 2 accumulation steps; then
+  the FSDP layout of the trainer's state and gradients."""
   env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8",
          "JAX_PLATFORMS": "cpu"}
   proc = subprocess.run([sys.executable, os.path.join(HERE, "multidevice_train_check.py")],
@@ -45,6 +46,27 @@ def test_sharded_step_equals_single_device_step():
     assert result[name]["params"] < 1e-5, (name, result[name])
     assert result[name]["opt_state"] < 1e-5, (name, result[name])
     assert result[name]["loss"] < 1e-5, (name, result[name])
+  _assert_fsdp_shards(result["layout"])
+
+
+def _assert_fsdp_shards(layout):
+  """data=2 x fsdp=4: what FSDP splits, and that moments and gradients follow it (equal
+  values alone would pass with everything replicated)."""
+  specs, shard, full = layout["specs"], layout["shard_shapes"], layout["shapes"]
+  assert layout["moments_per_param"] == [2]  # Adam's mu and nu for every parameter
+  assert layout["moments_like_param"] and layout["grads_like_param"]
+  patch = "['vision_model']['embeddings']['patch_embedding']['kernel']"
+  assert specs[patch] == [None, None, None, "fsdp"]
+  assert full[patch] == [8, 8, 3, 32] and shard[patch] == [8, 8, 3, 8]  # embed / 4
+  q = "['vision_model']['encoder']['layers']['self_attn']['q_proj']['kernel']"
+  assert shard[q] == [2, 8, 32]  # scanned layers stay whole, embed split in 4
+  # The text tower is 30 wide: 30 % 4 != 0, so its embed dimensions stay whole.
+  for name in ("['text_model']['token_embedding']['embedding']",
+               "['text_model']['encoder']['layers']['mlp']['fc1']['kernel']"):
+    assert "fsdp" not in specs[name] and shard[name] == full[name], name
+  sharded = [n for n, s in specs.items() if "fsdp" in s]
+  assert len(sharded) == layout["sharded_params"] >= 15
+  assert all(n.startswith(("['vision_model']", "['visual_projection']")) for n in sharded)
 
 
 @pytest.mark.parametrize("overrides,match", [
