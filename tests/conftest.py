@@ -3,11 +3,20 @@
 import importlib.util
 import pathlib
 
+import jax
 import numpy as np
 import pytest
 
 SHARED_DATA = pathlib.Path(__file__).resolve().parents[2] / "shared" / "data"
 REPO = pathlib.Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def highest_matmul_precision():
+  """float32 matmuls at full precision during one test (parity with torch); the rest of
+  the session keeps JAX's default."""
+  with jax.default_matmul_precision("highest"):
+    yield
 
 
 @pytest.fixture(scope="session")

@@ -66,3 +66,10 @@ def test_dense_bf16_gradients_match_float32_and_kernel_grad_is_float32():
   for a, b in zip(jax.tree_util.tree_leaves(g16), jax.tree_util.tree_leaves(g32)):
     rel = float(jnp.linalg.norm(a - b) / jnp.linalg.norm(b))
     assert rel < 2e-2, rel
+
+
+def test_matmul_precision_is_the_default_outside_parity_tests():
+  """tests/test_clip.py and test_prompt_switch.py ask for "highest" precision through a
+  fixture; it must not leak into other modules (all modules are imported before any
+  test runs, so a module-level config update would show here)."""
+  assert jax.config.jax_default_matmul_precision is None

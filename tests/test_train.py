@@ -80,9 +80,23 @@ def _assert_fsdp_shards(layout):
     ({"mesh.data": 2, "mesh.fsdp": 2}, "config.mesh"),
     ({"select_on": "train"}, "config.select_on"),
 ])
-def test_inconsistent_configs_fail_before_any_compute(overrides, match):
-  with pytest.raises(ValueError, match=match.replace("(", r"\(").replace(")", r"\)")):
+def test_inconsistent_configs_fail_before_any_compute(overrides, match, tmp_path):
+  """Each entry point of `ps_jax.main` (train, eval, index), called with the bad config:
+  the error names the field, and nothing was rendered or written (the workdir and the
+  data directory do not even exist)."""
+  pattern = match.replace("(", r"\(").replace(")", r"\)")
+  with pytest.raises(ValueError, match=pattern):
     experiment.validate_config(tiny_config(**overrides), num_devices=1, num_processes=1)
+  entry_points = {
+      "train": train.train_and_evaluate, "eval": evaluate.evaluate_only,
+      "index": lambda c, w: build.index_from_config(c, w, split=None, out=None)}
+  for name, run in entry_points.items():
+    workdir = tmp_path / name
+    config = tiny_config(**overrides)
+    config.data.dir = str(tmp_path / f"{name}_data")
+    with pytest.raises(experiment.ConfigError, match=pattern):
+      run(config, str(workdir))
+    assert not workdir.exists() and not (tmp_path / f"{name}_data").exists(), name
 
 
 def test_batch_must_divide_over_devices():
