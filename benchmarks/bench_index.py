@@ -115,6 +115,8 @@ def main(argv=None) -> int:
   parser.add_argument("--batch_size", type=int, default=None,
                       help="global batch (default 8 per device, index_videos' default)")
   parser.add_argument("--num_workers", type=int, default=None, help="decoding threads")
+  parser.add_argument("--max_videos", type=int, default=0,
+                      help="index only the split's first N videos (0: all of them)")
   parser.add_argument("--vit_b32", type=int, default=0,
                       help="also index this many videos with a ViT-B/32 at 224 px (0: skip)")
   parser.add_argument("--query_index_size", type=int, default=100_000)
@@ -128,6 +130,9 @@ def main(argv=None) -> int:
     t0 = time.perf_counter()
     preparation.prepare("moving_shapes", out_dir=data_dir, shapes_size="demo", progress=False)
     source = sources.dataset_source(data_dir, DATASET, args.split)
+    if args.max_videos:
+      source = sources.VideoSource(source.ids[:args.max_videos], source.load, None,
+                                   source.info)
     clips = {c.video_id: c for c in moving_shapes.iter_clips(moving_shapes.SIZES["demo"],
                                                                args.split)}
     video_dir = os.path.join(tmp, "videos")

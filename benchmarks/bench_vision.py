@@ -1,7 +1,8 @@
 """Forward throughput of the CLIP vision tower (frames/s) with scan unrolling and remat on/off.
 
 Usage: python benchmarks/bench_vision.py [--model vitb32] [--batch 32] [--steps 5]
-Random weights, 224 px, whatever device JAX finds. Prints a markdown table.
+Random weights, 224 px (--model tiny: a 2-layer, 32 px tower for smoke runs), whatever
+device JAX finds. Prints a markdown table.
 """
 
 import argparse
@@ -13,6 +14,9 @@ import jax.numpy as jnp
 from ps_jax.models import clip
 
 MODELS = {
+    "tiny": clip.VisionConfig(image_size=32, patch_size=8, hidden_size=64,
+                              intermediate_size=128, num_hidden_layers=2,
+                              num_attention_heads=2),
     "vitb32": clip.VisionConfig(patch_size=32),
     "vitb16": clip.VisionConfig(patch_size=16),
     "vitl14": clip.VisionConfig(patch_size=14, hidden_size=1024, intermediate_size=4096,

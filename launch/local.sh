@@ -9,6 +9,7 @@
 #     --config configs/demo.py --workdir /tmp/ps_jax_2proc
 #
 # MAIN_FLAGS go to ps_jax.main unchanged (--config and --workdir are required there).
+# XLA_FLAGS already set in the environment are kept (the device count is appended).
 # Process i runs with --coordinator_address=localhost:PORT --num_processes=N
 # --process_id=i and writes DIR/process_<i>.log (DIR defaults to <workdir>/logs);
 # process 0's log is also streamed here. The script waits for all processes, stops the
@@ -17,7 +18,7 @@
 set -euo pipefail
 
 usage() {
-  sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'
+  sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'
   exit "${1:-0}"
 }
 
@@ -71,7 +72,7 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 command_for() {  # the argv of process $1
   echo "env"
   echo "JAX_PLATFORMS=cpu"
-  echo "XLA_FLAGS=--xla_force_host_platform_device_count=$DEVICES"
+  echo "XLA_FLAGS=${XLA_FLAGS:+$XLA_FLAGS }--xla_force_host_platform_device_count=$DEVICES"
   echo "$PYTHON"
   echo "-m"
   echo "ps_jax.main"

@@ -171,8 +171,23 @@ def load_model_dir(workdir: str, step: Optional[int] = None, use_ema: Optional[b
 
 
 def export_official(params: dict, model: PromptSwitch, out_path: str) -> None:
-  """Writes params to a safetensors file with the official Prompt Switch names."""
+  """Writes params with the official Prompt Switch state_dict names (and its
+  `position_ids` buffers, so the official model loads it strictly).
+
+  `out_path` ending in `.pth`: a PyTorch file `{"state_dict": ...}` as the official
+  trainer saves and loads (needs torch); otherwise a safetensors file.
+  """
   layout = convert.prompt_switch_layout(model.clip, model.config.num_prompts,
                                         model.config.aggregate,
                                         model.config.num_captioner_layers)
-  safetensors.numpy.save_file(convert.export_tensors(params, layout), out_path)
+  tensors = {**convert.export_tensors(params, layout), **convert.official_buffers(model.clip)}
+  if not out_path.endswith(".pth"):
+    safetensors.numpy.save_file(tensors, out_path)
+    return
+  try:
+    import torch  # pylint: disable=g-import-not-at-top
+  except ImportError as e:
+    raise ImportError(f"writing {out_path!r} needs PyTorch (pip install torch==2.13.0); "
+                      "any other extension writes safetensors") from e
+  torch.save({"state_dict": {k: torch.from_numpy(np.array(v))  # a C-ordered copy
+                             for k, v in tensors.items()}}, out_path)

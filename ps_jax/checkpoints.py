@@ -34,6 +34,12 @@ from orbax.checkpoint import checkpoint_managers as managers
 from ps_jax import fileio
 
 MODEL_FILE = "ps_jax_model.json"
+
+
+class CheckpointError(ValueError):
+  """A checkpoint that cannot be used as asked (the message says why and what to do)."""
+
+
 SCORE = "selection_score"      # what select_best maximises
 BEST_METRIC = "val_t2v_R@1"    # the score's key in checkpoints written before SCORE
 RECENT = "recent_t2v_R@1"      # the raw values of the open window, oldest first
@@ -173,9 +179,25 @@ class Checkpointer:
     data iterator is restored in place. Returns the state."""
     args = {"state": ocp.args.StandardRestore(abstract_state)}
     if data_iterator is not None:
+      self._check_data_processes(step)
       args["data"] = grain.checkpoint.CheckpointRestore(data_iterator)
     restored = self.manager.restore(step, args=ocp.args.Composite(**args))
     return restored["state"]
+
+  def _check_data_processes(self, step: int) -> None:
+    """Each process's input pipeline saved its own position (`process_<i>-of-<n>.json`):
+    a run can only continue it with the same number of processes."""
+    data_dir = fileio.join(self.directory, str(step), "data")
+    saved = sorted(n for n in fileio.listdir(data_dir) if n.startswith("process_"))
+    mine = f"process_{jax.process_index()}-of-{jax.process_count()}.json"
+    if mine not in saved:
+      counts = sorted({n.rsplit("-of-", 1)[-1].removesuffix(".json") for n in saved})
+      raise CheckpointError(
+          f"checkpoint {step} in {self.directory!r} holds the data pipeline positions of "
+          f"{' or '.join(counts) or 'no'} processes ({', '.join(saved[:4])}), but this run "
+          f"has {jax.process_count()}: each process reads its own share of the data, so "
+          "the position cannot be re-split: resume with "
+          f"{' or '.join(counts) or 'the same number of'} processes.")
 
   def restore_params(self, step: int, abstract_params: Any, key: str = "params"):
     """Only the parameters (or `ema_params`) of checkpoint `step`, placed like

@@ -330,6 +330,17 @@ def prompt_switch_layout(clip_config: ClipConfig, num_prompts: int, aggregate: b
   return out
 
 
+def official_buffers(clip_config: ClipConfig) -> dict[str, np.ndarray]:
+  """The persistent buffers of the official model's state_dict: its CLIP embeddings
+  register `position_ids` (int64 [1, positions]) without `persistent=False`, and the
+  official trainer loads checkpoints strictly, so an export must hold them."""
+  return {
+      "clip.text_model.embeddings.position_ids":
+          np.arange(clip_config.text.max_position_embeddings, dtype=np.int64)[None],
+      "clip.vision_model.embeddings.position_ids":
+          np.arange(clip_config.vision.num_positions, dtype=np.int64)[None]}
+
+
 def read_official_checkpoint(path: str, use_ema: bool = False) -> dict[str, np.ndarray]:
   """The `state_dict` (or `state_dict_ema`) of an official Prompt Switch `.pth` file.
 

@@ -19,7 +19,7 @@ from absl import app, flags
 from absl import logging as absl_logging
 from ml_collections import config_flags
 
-from ps_jax import distributed, evaluate, experiment, runtime, train
+from ps_jax import checkpoints, distributed, evaluate, experiment, runtime, train
 from ps_jax.data import builders
 from ps_jax.retrieval import build
 from ps_jax.retrieval.model import ModelLoadError
@@ -67,7 +67,7 @@ def main(argv):
       build.index_from_config(config, _WORKDIR.value, split=_INDEX_SPLIT.value,
                               out=_INDEX_DIR.value, append=_INDEX_APPEND.value)
   except (experiment.ConfigError, builders.DatasetNotFoundError, build.IndexBuildError,
-          ModelLoadError) as e:
+          ModelLoadError, checkpoints.CheckpointError) as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)
 
