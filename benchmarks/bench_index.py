@@ -2,8 +2,9 @@
 
 Measures, on this machine's devices, with random weights (throughput does not depend
 on them):
-1. the demo model (configs/demo.py architecture: 32 px, 8 test frames, P = 4) indexing
-   a prepared moving_shapes/demo split (frames already decoded: model + input pipeline),
+1. the demo model (configs/demo.py architecture: 32 px, 4 test frames, P = 4) indexing
+   a prepared moving_shapes/demo split (frames already decoded: model + input pipeline;
+   --max_videos N: only its first N videos),
 2. the same model indexing the same clips as raw .mp4 files under --video_dir (PyAV
    decoding included),
 3. optionally (--vit_b32 N) a ViT-B/32 Prompt Switch (224 px, 12 frames, P = 6, the

@@ -5,8 +5,12 @@
 Rows: the forward MLP matmul x[M, D] @ w[D, I], its two backward matmuls (dx = g w^T,
 dw = x^T g), each with float32 operands, bfloat16 operands and a float32 result
 (`layers.mixed_precision_matmul`'s form) and bfloat16 operands and a bfloat16 result
-(what `nn.Dense(dtype=bfloat16)` asks for); then ViT-B/32's patch embedding as a strided
-convolution and as `clip.PatchEmbedding`'s matmul. Each time is the best of --reps runs.
+(what `nn.Dense(dtype=bfloat16)` asks for); then ViT-B/32's patch embedding of 12 frames
+two ways: as the strided convolution the model runs (`clip.VisionEmbeddings`' bias-free
+`nn.Conv` named `patch_embedding`, kernel = stride = patch size) and as the same product
+written as one matmul, the flattened non-overlapping patches times the reshaped kernel
+(`patch_matmul` below; the model used that form once and went back to the convolution,
+because the matmul rounds float32 differently). Each time is the best of --reps runs.
 """
 
 from __future__ import annotations

@@ -31,6 +31,8 @@ import contextlib
 import glob
 import io
 import os
+import platform
+import sys
 import tempfile
 import time
 
@@ -126,6 +128,9 @@ def main():
   p.add_argument("--copies", type=int, default=4, help="records written per variant")
   p.add_argument("--batches", type=int, default=6, help="timed training batches")
   p.add_argument("--qualities", default="90,95", help="JPEG qualities (all-frames rows)")
+  p.add_argument("--results", default="",
+                 help="also write the table as markdown, with the command, date and host, "
+                 "to this file (benchmarks/RESULTS_storage.md is README's source)")
   args = p.parse_args()
   qualities = [int(q) for q in args.qualities.split(",")]
   with tempfile.TemporaryDirectory(prefix="bench_storage_") as work:
@@ -140,12 +145,35 @@ def main():
     variants += [(f"jpeg{q}", None, "jpeg", q) for q in qualities]
     print(f"{'storage':<8} {'frames':>6} {'bytes/video':>12} {'prepare v/s':>12} "
           f"{'pipeline f/s':>13} {'PSNR dB':>8}")
+    rows = []
     for label, max_frames, encoding, quality in variants:
       name = f"{label}_{max_frames or 'all'}"
       size, prep, pipe, psnr, kept = run_variant(clip, work, name, max_frames, encoding,
                                                  quality, args.copies, args.batches, reference)
       print(f"{label:<8} {kept:>6} {size / 1e6:>10.2f}MB {prep:>12.2f} {pipe:>13.0f} "
             f"{psnr:>8.1f}", flush=True)
+      shown = "raw" if encoding == "raw" else f"JPEG q{quality}"
+      rows.append(f"| {shown} | {kept} | {size / 1e6:.2f} MB | {prep:.2f} | {pipe:.0f} | "
+                  + ("exact" if encoding == "raw" else f"{psnr:.1f}") + " |")
+  if args.results:
+    write_results(args.results, n, args, rows)
+
+
+def write_results(path: str, num_frames: int, args, rows: list[str]) -> None:
+  """The table as markdown, with what produced it."""
+  command = "python benchmarks/bench_storage.py " + " ".join(sys.argv[1:])
+  lines = [
+      "# Frame storage: raw vs JPEG (benchmarks/bench_storage.py)", "",
+      f"`{command}`", "",
+      f"Run {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} on {platform.machine()} "
+      f"with {os.cpu_count()} CPUs ({platform.processor() or platform.platform()}), "
+      f"Python {platform.python_version()}. Generated clip: {num_frames} frames, "
+      f"{args.width}x{args.height} at {args.rate} fps, H.264; stored at short side 224.",
+      "", "| storage | frames | bytes/video | prepare videos/s | pipeline frames/s | PSNR dB |",
+      "|---|---:|---:|---:|---:|---:|", *rows, ""]
+  with open(path, "w", encoding="utf-8") as f:
+    f.write("\n".join(lines))
+  print(f"wrote {path}")
 
 
 if __name__ == "__main__":

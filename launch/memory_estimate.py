@@ -46,6 +46,11 @@ BACKBONES = {
                              num_hidden_layers=24, num_attention_heads=16),
             dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
                  num_attention_heads=12), 768),
+    # A small model that compiles in seconds: what tests/test_memory.py measures.
+    "tiny": ("tiny", dict(image_size=32, patch_size=8, hidden_size=64, intermediate_size=256,
+                          num_hidden_layers=4, num_attention_heads=4),
+             dict(vocab_size=1000, hidden_size=64, intermediate_size=256,
+                  num_hidden_layers=2, num_attention_heads=4), 64),
 }
 # Elements a pre-LN block keeps per token for backward, in units of the width h, and
 # attention matrices kept (units of heads x tokens^2), by remat policy (see REMAT_NOTE).
@@ -126,7 +131,8 @@ def measure(key: str, videos: int, frames: int, remat: str, dtype: str,
 
 def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--models", default="b32,b16,l14", help="comma list of b32,b16,l14")
+  parser.add_argument("--models", default="b32,b16,l14",
+                      help="comma list of b32,b16,l14 (and tiny, a test-sized model)")
   parser.add_argument("--fsdp", default="1,4,8,16,64", help="FSDP sizes to tabulate")
   parser.add_argument("--frames", default="6,12",
                       help="training frames per video (comma list; official: 6)")

@@ -5,7 +5,9 @@
              Trains the tiny model a few steps on a (data=2, fsdp=4) mesh whose hosts'
              devices are interleaved (FSDP shards and batch rows cross hosts), each
              process feeding only its own rows; saves an orbax checkpoint with all hosts;
-             embeds videos and captions with `ps_jax.embed`. Writes what it got to --out.
+             embeds captions, and the videos of a prepared dataset (--data) as the real
+             evaluation pipeline hands them to this process (`make_eval_data`), with
+             `ps_jax.embed`. Writes what it got to --out.
   reference: one process with 8 devices, started with the workers. Trains the same
              steps, waits for the workers, compares with their state and losses,
              restores their checkpoint on its own mesh and checks their embeddings.
@@ -27,6 +29,8 @@ NUM_STEPS = 3
 NUM_VIDEOS = 13      # two global eval batches of 8, the second padded
 NUM_TEXTS = 11
 EVAL_BATCH = 8
+DATASET = "moving_shapes/tiny"
+EVAL_SPLITS = ("train", "val")  # 16 videos: two full global batches; 4: one padded
 FRAMES = 4
 DONE = "workers_done"  # written by worker 0 once every worker has written its results
 
@@ -58,6 +62,17 @@ def local_eval_batches(frames, process_index, process_count):
     out.append({"frames": f, "video_index": np.where(ok, v, -1).astype(np.int32),
                 "mask": ok})
   return out
+
+
+def eval_data(data_dir, split, shard_index, shard_count):
+  """The real evaluation pipeline's output for this process (the tiny model: 16 px,
+  P = 2)."""
+  from ps_jax.data import moving_shapes, pipeline  # pylint: disable=g-import-not-at-top
+  return pipeline.make_eval_data(data_dir, DATASET, split,
+                                 tokenizer=moving_shapes.make_tokenizer(),
+                                 global_batch_size=EVAL_BATCH, num_frames=FRAMES,
+                                 num_prompts=2, image_size=16, max_len=8,
+                                 shard_index=shard_index, shard_count=shard_count)
 
 
 def flat(tree):
@@ -108,7 +123,14 @@ def worker(args):
   videos = embed.embed_videos(encode_video, state["params"],
                               local_eval_batches(frames, me, n), NUM_VIDEOS, mesh)
   texts = embed.embed_texts(encode_text, state["params"], ids, mask, EVAL_BATCH, mesh)
-  np.savez(os.path.join(args.out, f"embeddings_{me}.npz"), videos=videos, texts=texts)
+  pipeline_videos = {}
+  for split in EVAL_SPLITS:  # shards as in evaluate_split: this process's own
+    data = eval_data(args.data, split, None, None)
+    assert data.local_batch_size == EVAL_BATCH // n
+    pipeline_videos[split] = embed.embed_videos(encode_video, state["params"], data.videos,
+                                                data.num_videos, mesh)
+  np.savez(os.path.join(args.out, f"embeddings_{me}.npz"), videos=videos, texts=texts,
+           **{f"pipeline_{k}": v for k, v in pipeline_videos.items()})
   if me == 0:
     np.savez(os.path.join(args.out, "state.npz"), **flat(host_state))
     with open(os.path.join(args.out, "history.json"), "w", encoding="utf-8") as f:
@@ -176,12 +198,32 @@ def reference(args):
           params, frames))
   texts = np.asarray(jax.jit(lambda p, i, m: model.apply(
       {"params": p}, i, m, method="encode_text"))(params, ids, mask))
+  encode = jax.jit(lambda p, f: model.apply({"params": p}, normalize_frames(f),
+                                            method="encode_video")["video_embedding"])
+  pipeline_ref = {}
+  for split in EVAL_SPLITS:  # the same pipeline read by one process, row = video index
+    data = eval_data(args.data, split, 0, 1)
+    frames_of = {}
+    for batch in data:
+      for f, i, keep in zip(batch["frames"], batch["video_index"], batch["mask"]):
+        if keep:
+          frames_of[int(i)] = f
+    assert sorted(frames_of) == list(range(data.num_videos))
+    pipeline_ref[split] = np.asarray(encode(params, np.stack(
+        [frames_of[i] for i in range(data.num_videos)])))
   out["embeddings"] = {}
   for p in range(2):
     emb = np.load(os.path.join(args.out, f"embeddings_{p}.npz"))
     assert emb["videos"].shape == videos.shape and emb["texts"].shape == texts.shape
     out["embeddings"][str(p)] = {"videos": float(np.max(np.abs(emb["videos"] - videos))),
                                  "texts": float(np.max(np.abs(emb["texts"] - texts)))}
+    for split, want in pipeline_ref.items():
+      got_split = emb[f"pipeline_{split}"]
+      assert got_split.shape == want.shape, (split, got_split.shape, want.shape)
+      out["embeddings"][str(p)][f"pipeline_{split}"] = float(np.max(np.abs(got_split - want)))
+      # Rows in another order would still be close to *some* row: say which row matches.
+      out["embeddings"][str(p)][f"pipeline_{split}_rows"] = [
+          int(np.argmin(np.abs(want - row).max(axis=1))) for row in got_split]
   print("RESULT " + json.dumps(out), flush=True)
 
 
@@ -189,6 +231,7 @@ def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("role", choices=["worker", "reference"])
   parser.add_argument("--out", required=True, help="directory shared by all roles")
+  parser.add_argument("--data", required=True, help=f"prepared {DATASET} (TFDS data_dir)")
   parser.add_argument("--port", type=int, help="coordinator port on localhost (worker)")
   parser.add_argument("--num_processes", type=int, default=2)
   parser.add_argument("--process_id", type=int)

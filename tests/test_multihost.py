@@ -69,11 +69,14 @@ def run_together(commands, log_dir, timeout):
 @pytest.fixture(scope="module")
 def result(tmp_path_factory):
   """Two workers (4 devices each) and the 1 x 8-device reference, run concurrently."""
+  from ps_jax.data import prepare  # pylint: disable=g-import-not-at-top
   out = str(tmp_path_factory.mktemp("multihost"))
+  data = os.path.join(out, "data")
+  prepare.prepare("moving_shapes", out_dir=data, shapes_size="tiny", progress=False)
   port = str(free_port())
-  workers = [([sys.executable, CHECK, "worker", "--out", out, "--port", port,
+  workers = [([sys.executable, CHECK, "worker", "--out", out, "--data", data, "--port", port,
                "--num_processes", "2", "--process_id", str(i)], cpu_env(4)) for i in range(2)]
-  ref = ([sys.executable, CHECK, "reference", "--out", out], cpu_env(8))
+  ref = ([sys.executable, CHECK, "reference", "--out", out, "--data", data], cpu_env(8))
   stdout = run_together(workers + [ref], out, TIMEOUT_S)[-1]
   line = next(l for l in stdout.splitlines() if l.startswith("RESULT "))
   return json.loads(line[len("RESULT "):])
@@ -101,6 +104,17 @@ def test_embeddings_gathered_across_processes_in_order(result):
   for p in ("0", "1"):
     assert result["embeddings"][p]["videos"] < 1e-5, result
     assert result["embeddings"][p]["texts"] < 1e-5, result
+
+
+def test_real_eval_pipeline_batches_gathered_in_video_order(result):
+  """`make_eval_data` on each process (its own slots of every global batch, the last
+  batch padded) -> `embed_videos`: row i is video i on both processes, equal to one
+  process reading the whole split."""
+  for p in ("0", "1"):
+    got = result["embeddings"][p]
+    assert got["pipeline_train_rows"] == list(range(16)), got
+    assert got["pipeline_val_rows"] == list(range(4)), got
+    assert got["pipeline_train"] < 1e-5 and got["pipeline_val"] < 1e-5, got
 
 
 @pytest.mark.parametrize("args,env,message", [
