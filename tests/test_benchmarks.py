@@ -170,6 +170,14 @@ def check_storage(out: str) -> None:
       assert 20 < num(psnr) < math.inf, psnr
 
 
+def _ours_then_pytorch(rows, ours: str, pytorch_prefix: str, columns) -> None:
+  assert rows[0]["variant"] == ours, rows
+  assert rows[1]["variant"].startswith(pytorch_prefix), rows
+  for r in rows:
+    for column in columns:
+      positive(r[column])
+
+
 def check_train(out: str) -> None:
   assert "model tiny (32px, patch 8), batch 2 videos x 2 frames = 4 images, P=2" in out
   rows = markdown_table(out, "### Matmul peak")
@@ -179,19 +187,11 @@ def check_train(out: str) -> None:
   assert [r["P"] for r in rows] == ["2"]
   positive(rows[0]["train (x3)"])
   positive(rows[0]["XLA / analytic"])  # --xla_count lowered: counted, not "n/a"
-  rows = markdown_table(out, "### Train step")
-  assert rows[0]["variant"] == "base", rows
-  assert rows[1]["variant"].startswith("PyTorch CLIPModel (eager, fp32"), rows
-  for r in rows:
-    positive(r["s/step (min-max)"])
-    positive(r["frames/s"])
-    positive(r["ps_jax / PyTorch"])
-  rows = markdown_table(out, "### Eval / index forward")
-  assert rows[0]["variant"] == "base options", rows
-  assert rows[1]["variant"].startswith("PyTorch vision tower"), rows
-  for r in rows:
-    positive(r["s/batch"])
-    positive(r["frames/s"])
+  _ours_then_pytorch(markdown_table(out, "### Train step"), "base",
+                     "PyTorch CLIPModel (eager, fp32", ("s/step (min-max)", "frames/s",
+                                                        "ps_jax / PyTorch"))
+  _ours_then_pytorch(markdown_table(out, "### Eval / index forward"), "base options",
+                     "PyTorch vision tower", ("s/batch", "frames/s"))
   rows = markdown_table(out, "### Host input pipeline vs train step")
   assert [r["grain workers"] for r in rows] == ["0"]
   positive(rows[0]["pipeline frames/s"])

@@ -71,3 +71,36 @@ def test_demo_table_is_the_recorded_five_seed_run(run_seeds):
   # "A demo run took 372-413 s wall ... with two runs going side by side".
   walls = sorted(round(r["wall_s"]) for r in runs["demo"])
   assert (walls[0], walls[-1]) == (372, 413)
+
+
+def _read(*path):
+  with open(os.path.join(REPO, *path), encoding="utf-8") as f:
+    return f.read()
+
+
+def test_measured_tables_are_quoted_from_their_results_files():
+  """README's storage rows are the rows bench_storage.py wrote, the search rows those of
+  bench_search.py, the indexing figures those of bench_index.py (training split)."""
+  readme = _read("README.md")
+  storage = [l for l in _read("benchmarks", "RESULTS_storage.md").splitlines()
+             if l.startswith(("| raw ", "| JPEG "))]
+  assert len(storage) == 5 and all(row in readme.splitlines() for row in storage)
+  search = _read("benchmarks", "RESULTS_search.md")
+  kept = {}
+  for line in search.splitlines():
+    cells = [c.strip() for c in line.strip("|").split("|")]
+    if len(cells) == 8 and cells[0][:1].isdigit():
+      kept[(cells[0], cells[1].split(" (")[0])] = (cells[2], cells[4], cells[6])
+  quoted = [[c.strip() for c in l.strip("|").split("|")] for l in readme.splitlines()
+            if re.match(r"\| [\d,]+ \| (ps_jax|numpy|faiss)", l)]
+  assert len(quoted) == 9
+  for n, method, one, batch, qps in quoted:
+    assert kept[(n, method)] == (one, batch, qps), (n, method)
+  index = re.search(r"\| demo \(configs/demo.py\), prepared split \| 4 x 32 \| (\d+) \| "
+                    r"([\d.]+) \|.*\n\| demo \(configs/demo.py\), raw .mp4 \(PyAV decode\) "
+                    r"\| 4 x 32 \| (\d+) \| ([\d.]+) \|", search)
+  videos, decoded, raw_videos, raw = index.groups()
+  assert videos == raw_videos == "384"  # bench_index.py's default: the training split
+  sentence = " ".join(readme.split("Indexing the demo's training split", 1)[1].split()[:30])
+  assert f"{float(decoded):,.0f} videos/s from pre-decoded frames" in sentence
+  assert f"{float(raw):,.0f} videos/s from raw .mp4" in sentence
