@@ -104,3 +104,11 @@ def test_measured_tables_are_quoted_from_their_results_files():
   sentence = " ".join(readme.split("Indexing the demo's training split", 1)[1].split()[:30])
   assert f"{float(decoded):,.0f} videos/s from pre-decoded frames" in sentence
   assert f"{float(raw):,.0f} videos/s from raw .mp4" in sentence
+
+
+def test_launch_readme_memory_table_is_the_kept_measurement():
+  kept = [l for l in _read("benchmarks", "RESULTS_memory.md").splitlines()
+          if l.startswith("| ViT-B/32 |")]
+  assert len(kept) == 4
+  launch = _read("launch", "README.md").splitlines()
+  assert all(row in launch for row in kept)
