@@ -123,7 +123,10 @@ def main(argv=None) -> int:
   parser.add_argument("--recall_target", type=float, default=0.95)
   parser.add_argument("--seed", type=int, default=0)
   args = parser.parse_args(argv)
-  sizes = [parse_size(s) for s in args.sizes.split(",") if s.strip()]
+  try:
+    sizes = [parse_size(s) for s in args.sizes.split(",") if s.strip()]
+  except argparse.ArgumentTypeError as e:
+    parser.error(f"--sizes: {e}")
   mesh = sharding.make_mesh()
   dtypes = [d for d in args.dtypes.split(",") if d] or [topk.default_dtype(mesh)]
 
