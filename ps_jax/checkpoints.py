@@ -215,6 +215,13 @@ class Checkpointer:
 
   def close(self) -> None:
     self.manager.wait_until_finished()
+    # Opening a manager starts removing unfinished temporary checkpoints on a background
+    # thread, which orbax only awaits before the next save. A process that closes without
+    # saving (an error at resume) must wait for it, or the thread fails at interpreter
+    # exit with a traceback. getattr: the future is orbax-internal.
+    pending = getattr(self.manager, "_cleanup_tmp_directory_future", None)
+    if pending is not None:
+      pending.result()
     self.manager.close()
 
 
