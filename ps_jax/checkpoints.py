@@ -34,15 +34,13 @@ from orbax.checkpoint import checkpoint_managers as managers
 from ps_jax import fileio
 
 MODEL_FILE = "ps_jax_model.json"
+SCORE = "selection_score"      # what select_best maximises
+BEST_METRIC = "val_t2v_R@1"    # the score's key in checkpoints written before SCORE
+RECENT = "recent_t2v_R@1"      # the raw values of the open window, oldest first
 
 
 class CheckpointError(ValueError):
   """A checkpoint that cannot be used as asked (the message says why and what to do)."""
-
-
-SCORE = "selection_score"      # what select_best maximises
-BEST_METRIC = "val_t2v_R@1"    # the score's key in checkpoints written before SCORE
-RECENT = "recent_t2v_R@1"      # the raw values of the open window, oldest first
 
 
 def _metric(metrics: Optional[dict]) -> Optional[float]:
@@ -135,6 +133,12 @@ class Checkpointer:
         cleanup_tmp_directories=not read_only)
     self.manager = ocp.CheckpointManager(self.directory, item_names=("state", "data"),
                                          options=options)
+    # orbax removes those directories on a background thread and awaits it only before
+    # the next save; a process that stops earlier (an error at resume) would leave it
+    # running into interpreter exit. Wait here (getattr: the future is orbax-internal).
+    pending = getattr(self.manager, "_cleanup_tmp_directory_future", None)
+    if pending is not None:
+      pending.result()
 
   def latest_step(self) -> Optional[int]:
     return self.manager.latest_step()
@@ -215,13 +219,6 @@ class Checkpointer:
 
   def close(self) -> None:
     self.manager.wait_until_finished()
-    # Opening a manager starts removing unfinished temporary checkpoints on a background
-    # thread, which orbax only awaits before the next save. A process that closes without
-    # saving (an error at resume) must wait for it, or the thread fails at interpreter
-    # exit with a traceback. getattr: the future is orbax-internal.
-    pending = getattr(self.manager, "_cleanup_tmp_directory_future", None)
-    if pending is not None:
-      pending.result()
     self.manager.close()
 
 

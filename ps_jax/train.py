@@ -61,11 +61,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
     recent = ckpt.recent_values(start)
     target = jax.tree_util.tree_map(
         lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings)
-    try:
-      state = ckpt.restore(start, target, iterator)
-    except Exception:
-      ckpt.close()  # let orbax's background work finish before the error ends the process
-      raise
+    state = ckpt.restore(start, target, iterator)
   else:
     start = 0
     params = jax.device_put(

@@ -13,6 +13,7 @@ views of a zero scalar and every tensor family is exported and dropped in turn.
 import json
 import pathlib
 
+import jax
 import numpy as np
 import pytest
 import safetensors.numpy
@@ -163,8 +164,6 @@ def _official_state(official, drop=()):
 
 
 def test_import_accepts_exactly_the_official_state_dict(official, model, shapes):
-  import jax  # pylint: disable=g-import-not-at-top
-
   params = api.official_params(_official_state(official), model, jax.random.PRNGKey(0),
                                source="official.pth")
   got = jax.tree_util.tree_map(lambda x: (tuple(x.shape), str(x.dtype)), params)
@@ -179,8 +178,6 @@ def test_import_accepts_exactly_the_official_state_dict(official, model, shapes)
     "caption_transformer.layers.1.multihead_attn.out_proj.bias",
 ])
 def test_import_rejects_a_missing_official_tensor(official, model, name):
-  import jax  # pylint: disable=g-import-not-at-top
-
   assert name in official["tensors"]
   # A plain try (not pytest.raises) frees the traceback, and with it the stacked
   # arrays of the failed import, as soon as the message is read.
