@@ -160,9 +160,18 @@ def print_summary(results: dict, seeds: Sequence[int], markdown: bool) -> None:
           f"{'-' if wall is None else f'{wall:.0f} s'}")
 
 
+# Fields that only label what a run prints (published numbers shown beside ours): they
+# cannot change a result, so they do not count towards the digest.
+REPORT_ONLY_FIELDS = ("reference",)
+
+
 def config_digest(path: str) -> str:
-  """sha256 of the config's resolved fields (comments and layout do not count)."""
-  text = json.dumps(load_config_file(path).to_dict(), sort_keys=True, default=str)
+  """sha256 of the config's resolved fields (comments, layout and REPORT_ONLY_FIELDS do
+  not count)."""
+  fields = load_config_file(path).to_dict()
+  for name in REPORT_ONLY_FIELDS:
+    fields.pop(name, None)
+  text = json.dumps(fields, sort_keys=True, default=str)
   return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 

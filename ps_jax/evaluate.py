@@ -53,7 +53,8 @@ def evaluate_split(setup: Setup, params, split: str, encoders=None) -> dict:
     encoders: `embed.make_encoders(...)` to reuse (compiled once for a whole run).
 
   Returns:
-    {"metrics", "dsl" (or None), "num_videos", "num_texts", "twin_acc" (or None)}.
+    {"metrics", "dsl" (or None), "num_videos", "num_texts", "twin_acc" (or None),
+     "counts" (the split against its dataset's named protocol, `protocols.CountCheck`)}.
   """
   c = setup.config
   data = pipeline.make_eval_data(
@@ -71,7 +72,8 @@ def evaluate_split(setup: Setup, params, split: str, encoders=None) -> dict:
   dsl = metrics.dsl_retrieval_metrics(sim, data.text_to_video) if c.dsl else None
   return {"metrics": result, "dsl": dsl, "num_videos": data.num_videos,
           "num_texts": len(texts), "twin_acc": twin_accuracy(sim, data.text_to_video,
-                                                             data.video_ids)}
+                                                             data.video_ids),
+          "counts": data.counts}
 
 
 def report(setup: Setup, step: int, split: str, result: dict, writer=None,
@@ -99,11 +101,20 @@ def report(setup: Setup, step: int, split: str, result: dict, writer=None,
       record["test_selected"] = selection.split == setup.config.data.test_split
   if result["twin_acc"] is not None:
     record["twin_acc"] = result["twin_acc"]
+  counts = result.get("counts")
+  if counts is not None:
+    record["dataset_protocol"] = counts.to_json()
+  reference = setup.config.reference.to_dict()
   if jax.process_index() != 0:
     return record
   title = f"{split} split, step {step}" + (
       f", checkpoint selected on {selected_on}" if selected_on else "")
+  if counts is not None:
+    title += f"\n{counts.label}"
   print(f"\n{title}\n" + metrics.format_table(result["metrics"], result["dsl"]), flush=True)
+  if selected_on and (reference.get("t2v") or reference.get("v2t")):
+    print("beside the published numbers:\n"
+          + metrics.format_reference(result["metrics"], reference), flush=True)
   if result["twin_acc"] is not None:
     print(f"twin accuracy (own clip above its time-reversed twin): "
           f"{result['twin_acc']:.1f}% (50% = blind to frame order)", flush=True)

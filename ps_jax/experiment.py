@@ -19,7 +19,7 @@ import jax
 import numpy as np
 from jax.experimental import multihost_utils
 
-from ps_jax import api, checkpoints, fileio, reporting, sharding
+from ps_jax import api, checkpoints, fileio, metrics, reporting, sharding
 from ps_jax import tokenizer as tokenizer_lib
 from ps_jax.data import builders, preparation, tokenizers
 from ps_jax.models.clip import ClipConfig, Compute, TextConfig, VisionConfig, logical_axes
@@ -140,6 +140,11 @@ def validate_config(config, num_devices: Optional[int] = None,
                       f"{d.crop_interpolation!r}")
   if not d.name:
     raise ConfigError("config.data.name is empty")
+  for direction in metrics.DIRECTIONS:
+    for key, value in config.reference.get(direction, {}).items():
+      if key not in metrics.METRIC_KEYS or not isinstance(value, (int, float)):
+        raise ConfigError(f"config.reference.{direction}.{key}={value!r}: keys must be "
+                          f"among {metrics.METRIC_KEYS}, values numbers")
 
 
 # ----------------------------------------------------------------------------- protocol

@@ -66,8 +66,8 @@ def main(argv):
     else:
       build.index_from_config(config, _WORKDIR.value, split=_INDEX_SPLIT.value,
                               out=_INDEX_DIR.value, append=_INDEX_APPEND.value)
-  except (experiment.ConfigError, builders.DatasetNotFoundError, build.IndexBuildError,
-          ModelLoadError, checkpoints.CheckpointError) as e:
+  except (experiment.ConfigError, builders.DatasetNotFoundError, builders.SplitNotFoundError,
+          build.IndexBuildError, ModelLoadError, checkpoints.CheckpointError) as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)
 

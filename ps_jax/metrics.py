@@ -249,6 +249,33 @@ def format_table(metrics: Mapping, dsl_metrics: Optional[Mapping] = None) -> str
   return "\n".join(lines)
 
 
+def format_reference(metrics: Mapping, reference: Mapping) -> str:
+  """Our metrics beside published ones: per direction with reference numbers, a line
+  "ours" and a line with the source's values ("-" where it gives none).
+
+  Args:
+    metrics: {"t2v": {...}, "v2t": {...}} (ours).
+    reference: {"source": str, "t2v": {key: value}, "v2t": {...}} (any subset of keys).
+  """
+  _check_metrics("metrics", metrics)
+  source = reference.get("source") or "published"
+  rows = []
+  for d in DIRECTIONS:
+    theirs = dict(reference.get(d) or {})
+    if not theirs:
+      continue
+    rows.append((f"{d} ours", [f"{metrics[d][k]:.1f}" for k in METRIC_KEYS]))
+    rows.append((f"{d} {source}",
+                 [f"{theirs[k]:.1f}" if k in theirs else "-" for k in METRIC_KEYS]))
+  if not rows:
+    return ""
+  width = max(len(label) for label, _ in rows)
+  lines = [f"{'':<{width}}" + "".join(f"{k:>8}" for k in METRIC_KEYS)]
+  lines += [f"{label:<{width}}" + "".join(f"{v:>8}" for v in values)
+            for label, values in rows]
+  return "\n".join(lines)
+
+
 def _clean(direction_metrics: Mapping) -> dict[str, float]:
   out = {}
   for k in METRIC_KEYS:

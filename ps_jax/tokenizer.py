@@ -143,6 +143,9 @@ class ClipTokenizer:
 
   def __init__(self, hf_dir: str):
     self.hf = load_hf_clip_tokenizer(hf_dir)
+    # Texts are encoded whole and truncated by `pad_and_truncate` (EOS kept); a long
+    # paragraph is no error, so no "sequence length is longer" warning.
+    self.hf.model_max_length = 1 << 30
     self.vocab_size = len(self.hf)
     self.bos_id = self.hf.convert_tokens_to_ids(CLIP_BOS)
     self.eos_id = self.hf.convert_tokens_to_ids(CLIP_EOS)

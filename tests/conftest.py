@@ -48,6 +48,18 @@ def tiny_hf_clip_config(variant: str = "a") -> dict:
   return {"text_config": text, "vision_config": vision, "projection_dim": proj}
 
 
+def tiny_hf_clip_real_vocab_config(max_len: int):
+  """The tiny test CLIP ("a") with CLIP's real vocabulary (49,408 ids, EOT the largest)
+  and `max_len` text positions: it reads what CLIP's own BPE tokenizer writes."""
+  import transformers  # pylint: disable=g-import-not-at-top
+
+  cfg = tiny_hf_clip_config("a")
+  cfg["text_config"].update(vocab_size=49408, eos_token_id=49407, bos_token_id=49406,
+                            pad_token_id=49407, max_position_embeddings=max_len)
+  cfg["projection_dim"] = cfg["text_config"]["hidden_size"]  # the caption head needs it
+  return transformers.CLIPConfig(**cfg)
+
+
 def randomize_torch_module(module, seed: int, std: float = 0.05) -> None:
   """Gives every parameter random values (biases and LayerNorm scales included).
 

@@ -272,8 +272,9 @@ def test_rendered_moving_shapes_via_cli(tmp_path, capsys):
   assert P.main(["--dataset", "moving_shapes", "--shapes_size", "tiny", "--out_dir", str(out),
                  "--frames_per_video", "6", "--no_progress"]) == 0
   printed = capsys.readouterr().out
-  line = printed.strip().splitlines()[-1]
+  line, check = printed.strip().splitlines()[-2:]
   assert line.startswith("prepare moving_shapes: written 28 videos (train 16, val 4, test 8)")
+  assert check == "protocol moving_shapes/tiny: every split has the protocol's counts"
   # Nothing is downloaded, and the output does not say otherwise (TFDS's own wording).
   assert "Downloading and preparing" not in printed
   assert "downloaded and prepared" not in printed

@@ -18,7 +18,8 @@ import pytest
 import torch
 import transformers
 
-from conftest import REPO, SHARED_DATA, randomize_torch_module, tiny_hf_clip_config
+from conftest import (REPO, SHARED_DATA, randomize_torch_module,
+                      tiny_hf_clip_real_vocab_config)
 from ps_jax import metrics
 from ps_jax import tokenizer as tokenizer_lib
 from ps_jax.data import pipeline
@@ -37,12 +38,7 @@ CLIP_STD = np.asarray([0.26862954, 0.26130258, 0.27577711], np.float32)
 
 
 def _hf_config() -> transformers.CLIPConfig:
-  """The tiny test CLIP with CLIP's real vocabulary (49,408 ids, EOT the largest)."""
-  cfg = tiny_hf_clip_config("a")
-  cfg["text_config"].update(vocab_size=49408, eos_token_id=49407, bos_token_id=49406,
-                            pad_token_id=49407, max_position_embeddings=MAX_LEN)
-  cfg["projection_dim"] = cfg["text_config"]["hidden_size"]  # the caption head needs it
-  return transformers.CLIPConfig(**cfg)
+  return tiny_hf_clip_real_vocab_config(MAX_LEN)
 
 
 @pytest.fixture(scope="module")

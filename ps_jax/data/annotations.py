@@ -1,4 +1,5 @@
-"""Annotation parsers for MSR-VTT, MSVD and LSMDC, and the seeded validation hold-out.
+"""Annotation parsers for MSR-VTT, MSVD, LSMDC, ActivityNet Captions and DiDeMo, and the
+seeded validation hold-out.
 
 Every parser returns plain Python data in file order: lists of `VideoCaptions` (one per
 video, all its captions) or mappings video_id -> captions. Split helpers follow the
@@ -11,6 +12,12 @@ official protocols:
   videos), every caption kept.
 - LSMDC: tab-separated files with 6 columns (clip id, 4 timestamps, caption); one
   caption per clip, the last one listed when a clip repeats (the official behaviour).
+- ActivityNet Captions (paragraph retrieval, the official code's `anet_dataset.py`):
+  one query per video, all its sentences joined into a paragraph; training videos are
+  the ids of `train_ids.json` annotated in `train.json` (10,007 of its 10,022 ids), test
+  videos the ids of `val_ids.json` annotated in `val_1.json` (4,916 of 4,925).
+- DiDeMo (paragraph retrieval): one query per video, its descriptions joined in file
+  order; `val_data.json` / `test_data.json` (and the user's `train_data.json`).
 
 Layer: data (no ps_jax imports).
 """
@@ -32,6 +39,10 @@ MSVD_CAPTIONS = "captions_msvd.json"
 MSVD_LISTS = {"train": "train_list.txt", "val": "val_list.txt", "test": "test_list.txt"}
 LSMDC_FILES = {"train": "LSMDC16_annos_training.csv",
                "test": "LSMDC16_challenge_1000_publictect.csv"}
+ANET_FILES = {"train": ("train_ids.json", "train.json"),
+              "test": ("val_ids.json", "val_1.json")}
+DIDEMO_FILES = {"train": "train_data.json", "val": "val_data.json",
+                "test": "test_data.json"}
 
 
 class AnnotationError(ValueError):
@@ -209,6 +220,115 @@ def lsmdc_splits(anno_dir: str) -> dict[str, list[VideoCaptions]]:
   """LSMDC splits {"train": training clips, "test": the 1,000-clip public test}."""
   return {split: read_lsmdc(os.path.join(anno_dir, name))
           for split, name in LSMDC_FILES.items()}
+
+
+# ----------------------------------------------------------------------------- paragraphs
+
+
+def paragraph(sentences: Sequence[str]) -> str:
+  """The sentences of a video as one query: each stripped, joined by one space.
+
+  The official code joins the raw sentences with " " (ActivityNet's sentences start
+  with a space, so it holds double spaces); CLIP's tokenizer collapses whitespace, so
+  the tokens are the same.
+  """
+  return " ".join(s.strip() for s in sentences if s.strip())
+
+
+def _load_json(path: str):
+  with _open_text(path) as f:
+    try:
+      return json.load(f)
+    except json.JSONDecodeError as e:
+      raise AnnotationError(f"{path!r} is not valid JSON: {e}") from e
+
+
+@dataclasses.dataclass(frozen=True)
+class Dropped:
+  """Ids a split's list names but its annotations lack (left out, as the official code
+  does), per split."""
+  split: str
+  list_file: str
+  video_ids: tuple[str, ...]
+
+
+def read_activitynet_captions(path: str) -> dict[str, str]:
+  """Reads an ActivityNet Captions file (`train.json`, `val_1.json`, ...) ->
+  {video_id: paragraph} in file order.
+
+  The file maps "v_<youtube id>" to {"duration", "timestamps", "sentences"}.
+  """
+  data = _load_json(path)
+  if not isinstance(data, dict):
+    raise AnnotationError(f"{path!r} must map video ids to {{'sentences': [...]}}")
+  out = {}
+  for video_id, entry in data.items():
+    sentences = entry.get("sentences") if isinstance(entry, dict) else None
+    if not isinstance(sentences, list) or not all(isinstance(s, str) for s in sentences):
+      raise AnnotationError(f"{path!r}: {video_id!r} has no 'sentences' list of strings")
+    out[video_id] = paragraph(sentences)
+  return out
+
+
+def _read_json_id_list(path: str) -> list[str]:
+  ids = _load_json(path)
+  if not isinstance(ids, list) or not all(isinstance(v, str) for v in ids):
+    raise AnnotationError(f"{path!r} must be a JSON list of video ids")
+  _check_unique(ids, path)
+  return ids
+
+
+def activitynet_splits(anno_dir: str) -> tuple[dict[str, list[VideoCaptions]],
+                                                list[Dropped]]:
+  """ActivityNet Captions paragraph splits {"train", "test"} and the ids left out.
+
+  As the official loader: a split is the ids of its list file (`train_ids.json`,
+  `val_ids.json`, in that order) that have sentences in its captions file
+  (`train.json`, `val_1.json`); each video's one query is its paragraph. `val_2.json`
+  (other annotators of the same videos) is not used. The three videos of
+  `bad_vids.txt` are in no id list.
+  """
+  splits, dropped = {}, []
+  for split, (list_name, captions_name) in ANET_FILES.items():
+    ids = _read_json_id_list(os.path.join(anno_dir, list_name))
+    paragraphs = read_activitynet_captions(os.path.join(anno_dir, captions_name))
+    splits[split] = [VideoCaptions(v, (paragraphs[v],)) for v in ids if paragraphs.get(v)]
+    missing = tuple(v for v in ids if not paragraphs.get(v))
+    if missing:
+      dropped.append(Dropped(split, list_name, missing))
+  return splits, dropped
+
+
+def read_didemo(path: str) -> list[VideoCaptions]:
+  """Reads a DiDeMo file (`{train,val,test}_data.json`: a list of {"video",
+  "description", ...}) -> one paragraph per video: its descriptions in file order,
+  videos in order of first appearance."""
+  data = _load_json(path)
+  if not isinstance(data, list):
+    raise AnnotationError(f"{path!r} must be a list of {{'video', 'description'}} records")
+  descriptions: dict[str, list[str]] = {}
+  for i, item in enumerate(data):
+    try:
+      video_id, text = str(item["video"]).strip(), str(item["description"])
+    except (KeyError, TypeError) as e:
+      raise AnnotationError(f"{path!r}: record {i} lacks 'video' or 'description'") from e
+    if not video_id:
+      raise AnnotationError(f"{path!r}: record {i} has an empty 'video'")
+    descriptions.setdefault(video_id, []).append(text)
+  return [VideoCaptions(v, (paragraph(d),) if paragraph(d) else ())
+          for v, d in descriptions.items()]
+
+
+def didemo_splits(anno_dir: str) -> dict[str, list[VideoCaptions]]:
+  """DiDeMo paragraph splits {"val", "test"} and "train" when `train_data.json` is in
+  anno_dir (it is not distributed with this package)."""
+  splits = {}
+  for split, name in DIDEMO_FILES.items():
+    path = os.path.join(anno_dir, name)
+    if split == "train" and not os.path.isfile(path):
+      continue
+    splits[split] = read_didemo(path)
+  return splits
 
 
 # ----------------------------------------------------------------------------- hold-out

@@ -163,8 +163,17 @@ class Lsmdc(_VideoTextBuilder, skip_registration=True):
   """LSMDC: training clips / 1,000-clip public test, one caption per clip."""
 
 
+class Activitynet(_VideoTextBuilder, skip_registration=True):
+  """ActivityNet Captions: one paragraph per video (train / val_1 test)."""
+
+
+class Didemo(_VideoTextBuilder, skip_registration=True):
+  """DiDeMo: one paragraph per video (train when given / val / test)."""
+
+
 class MovingShapes(_VideoTextBuilder, skip_registration=True):
-  """moving_shapes synthetic benchmark; config = size preset ("demo", "tiny", "custom")."""
+  """moving_shapes synthetic benchmark; config = a size preset of
+  `moving_shapes.SIZES` or "custom" (decoded from its .mp4 files)."""
   BUILDER_CONFIGS = [tfds.core.BuilderConfig(name=n) for n in ("demo", "tiny", "custom")]
 
 
@@ -172,8 +181,8 @@ class Synthetic(_VideoTextBuilder, skip_registration=True):
   """Any video-text data made in memory (tests, benchmarks, custom data)."""
 
 
-BUILDERS = {"msrvtt": Msrvtt, "msvd": Msvd, "lsmdc": Lsmdc, "moving_shapes": MovingShapes,
-            "synthetic": Synthetic}
+BUILDERS = {"msrvtt": Msrvtt, "msvd": Msvd, "lsmdc": Lsmdc, "activitynet": Activitynet,
+            "didemo": Didemo, "moving_shapes": MovingShapes, "synthetic": Synthetic}
 
 
 # ----------------------------------------------------------------------------- reading
@@ -181,6 +190,10 @@ BUILDERS = {"msrvtt": Msrvtt, "msvd": Msvd, "lsmdc": Lsmdc, "moving_shapes": Mov
 
 class DatasetNotFoundError(FileNotFoundError):
   """No prepared dataset where asked; the message lists what is there."""
+
+
+class SplitNotFoundError(ValueError):
+  """A prepared dataset lacks the split asked for; the message lists the ones it has."""
 
 
 def _versions(path: str) -> list[str]:
@@ -278,8 +291,11 @@ def load_split(data_dir: str, dataset_name: str, split: str) -> SplitData:
   index = read_index(version_dir)
   splits = index["splits"]
   if split not in splits:
-    raise ValueError(f"Split {split!r} not in {version_dir!r}; available: "
-                     f"{sorted(splits)}")
+    hint = (" (DiDeMo's training split is written when --anno_dir holds your "
+            "train_data.json)" if index.get("dataset") == "didemo" and split == "train"
+            else "")
+    raise SplitNotFoundError(f"Split {split!r} not in {version_dir!r}; available: "
+                             f"{sorted(splits)}{hint}")
   spec = splits[split]
   physical = index["physical"][spec["source"]]
   records = (np.arange(len(physical["video_ids"]), dtype=np.int64)

@@ -48,6 +48,18 @@ def index_video_files(video_dir: str) -> dict[str, str]:
   return {stem: path for stem, (_, path) in found.items()}
 
 
+def find_video(files: dict[str, str], video_id: str) -> str | None:
+  """The file of `video_id` in an `index_video_files` result: the file whose stem is the
+  id (`<id>.mp4`, also when the id itself ends in an extension, as DiDeMo's
+  "<name>.m4v" converted to "<name>.m4v.mp4"), else, for an id that is a file name with
+  a video extension, that file ("<name>.m4v" as downloaded)."""
+  if video_id in files:
+    return files[video_id]
+  stem, ext = os.path.splitext(video_id)
+  path = files.get(stem) if ext.lower() in VIDEO_EXTENSIONS else None
+  return path if path is not None and os.path.basename(path) == video_id else None
+
+
 def cache_path(cache_dir: str, video_id: str) -> str:
   return os.path.join(cache_dir, urllib.parse.quote(video_id, safe="-_.") + ".npz")
 

@@ -1,8 +1,8 @@
 """The evaluation pipeline: every video of a split once, in padded global batches, plus
 all its captions.
 
-Layer: data (imports `builders`, `reading`, `transforms`). Each video is sampled with the
-`uniform` scheme (F = C * P) on its source frame count, and only the sampled frames are
+Layer: data (imports `builders`, `protocols`, `reading`, `transforms`). Each video is
+sampled with the `uniform` scheme (F = C * P) on its source frame count, and only the sampled frames are
 decoded, resized (torch bicubic, short side; none when already S) and centre-cropped:
 
   {"frames": uint8[b, F, S, S, 3], "video_index": int32[b], "mask": bool[b]}
@@ -19,7 +19,7 @@ from typing import Any
 import grain
 import numpy as np
 
-from ps_jax.data import builders, reading, transforms
+from ps_jax.data import builders, protocols, reading, transforms
 
 
 class _EvalVideos(grain.MapDataset):
@@ -82,6 +82,8 @@ class EvalData:
     captions: T caption strings (all captions of every video, video by video).
     input_ids, attention_mask: int32[T, L]; text_to_video: int32[T] video_index of
       each caption.
+    counts: the split's videos and queries against its dataset's named protocol
+      (`protocols.CountCheck`; its `label` goes beside every table).
   """
   videos: grain.IterDataset
   num_videos: int
@@ -92,6 +94,7 @@ class EvalData:
   input_ids: np.ndarray
   attention_mask: np.ndarray
   text_to_video: np.ndarray
+  counts: protocols.CountCheck | None = None
 
   def __iter__(self):
     return iter(self.videos)
@@ -130,8 +133,14 @@ def make_eval_data(data_dir: str, dataset_name: str, split: str, *, tokenizer,
   text_to_video = np.asarray([i for i, caps in enumerate(split_data.captions)
                               for _ in caps], np.int32)
   ids, mask = tokenizer(captions, max_len)
+  index = split_data.index
+  name = "/".join(n for n in (index.get("dataset"), index.get("config")) if n)
+  counts = protocols.check(name, split, split_data.physical_split, split_data.num_videos,
+                           len(captions),
+                           held_out=index["splits"][split]["records"] is not None)
   return EvalData(videos=reading.to_iter(ds, worker_count, read_threads, prefetch_batches),
                   num_videos=split_data.num_videos, num_batches=videos.num_batches,
                   local_batch_size=local, video_ids=list(split_data.video_ids),
                   captions=captions, input_ids=np.asarray(ids, np.int32),
-                  attention_mask=np.asarray(mask, np.int32), text_to_video=text_to_video)
+                  attention_mask=np.asarray(mask, np.int32), text_to_video=text_to_video,
+                  counts=counts)

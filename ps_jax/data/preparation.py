@@ -1,9 +1,9 @@
 """The prepare step as a library: decode videos once with PyAV, write a TFDS ArrayRecord
 dataset (`prepare`). The command line is `ps_jax.data.prepare`.
 
-Layer: data (annotations, decoding, builders, moving_shapes, frame_store).
+Layer: data (sources, annotations, decoding, builders, moving_shapes, frame_store).
 
-  python -m ps_jax.data.prepare --dataset {msrvtt,msvd,lsmdc,moving_shapes} \
+  python -m ps_jax.data.prepare --dataset {msrvtt,msvd,lsmdc,activitynet,didemo,moving_shapes} \
       --video_dir VIDEOS --anno_dir ANNOTATIONS --out_dir DATA_DIR \
       [--split_protocol 9k|7k] [--max_frames K] [--fps R] [--short_side 224] \
       [--encoding auto|raw|jpeg] [--jpeg_quality 90] [--num_workers N]
@@ -34,8 +34,14 @@ Two phases, both restartable:
 
 Splits: MSR-VTT `train` (9k or 7k list minus a seeded --holdout_size hold-out, default
 1,000 videos: the same gallery size as the 1k-A test), `val` (the hold-out),
-`train_full` (the whole list) and `test` (1k-A); LSMDC likewise with its 1,000-clip
-test; MSVD and moving_shapes `train` / `val` / `test`. `decode_cache/` needs as much
+`train_full` (the whole list) and `test` (1k-A); LSMDC and ActivityNet Captions likewise
+with their tests (the 1,000-clip public test; val_1 paragraphs); MSVD, DiDeMo and
+moving_shapes `train` / `val` / `test` (DiDeMo's `train` only when `train_data.json` is
+in --anno_dir).
+
+Every dataset has a named protocol (`ps_jax.data.protocols`) pinning its split counts:
+the summary lists each split whose annotations or prepared videos differ from it
+("activitynet/val1-paragraph test: 4913 videos, the protocol has 4916 (missing 3)"). `decode_cache/` needs as much
 disk as the dataset, and TFDS stages the write in a temporary directory beside it.
 
 moving_shapes needs no --video_dir / --anno_dir: its clips are rendered in memory
@@ -52,9 +58,7 @@ import json
 import os
 import shutil
 import time
-from typing import Callable
 
-import numpy as np
 import tqdm
 
 from ps_jax.data import annotations as anno_lib
@@ -62,9 +66,10 @@ from ps_jax.data import builders
 from ps_jax.data import decoding
 from ps_jax.data import frame_store
 from ps_jax.data import moving_shapes
+from ps_jax.data import sources
 
-DATASETS = ("msrvtt", "msvd", "lsmdc", "moving_shapes")
-DEFAULT_HOLDOUT = {"msrvtt": 1000, "lsmdc": 1000}
+DATASETS = ("msrvtt", "msvd", "lsmdc", "activitynet", "didemo", "moving_shapes")
+DEFAULT_HOLDOUT = {"msrvtt": 1000, "lsmdc": 1000, "activitynet": 1000}
 DEFAULT_SHORT_SIDE = 224  # the official compress step's short side
 ENCODING_CHOICES = ("auto",) + frame_store.ENCODINGS
 REPORT_FILE = "prepare_report.jsonl"
@@ -90,6 +95,8 @@ class PrepareSummary:
   report_path: str
   seconds: float
   already_prepared: bool = False
+  protocol: str | None = None
+  protocol_differences: list[str] = dataclasses.field(default_factory=list)
 
   def line(self) -> str:
     total = sum(self.written.values())
@@ -101,67 +108,17 @@ class PrepareSummary:
             f"decoded {self.decoded}, reused {self.reused} from cache in "
             f"{self.seconds:.1f}s -> {self.version_dir} (report: {self.report_path})")
 
+  def protocol_lines(self) -> list[str]:
+    """The protocol check: one line when every pinned count agrees, else one per
+    difference."""
+    if self.protocol is None:
+      return []
+    if not self.protocol_differences:
+      return [f"protocol {self.protocol}: every split has the protocol's counts"]
+    return [f"protocol {self.protocol} differs: {d}" for d in self.protocol_differences]
+
 
 # ----------------------------------------------------------------------------- inputs
-
-
-@dataclasses.dataclass
-class _Source:
-  """What to prepare: physical splits, virtual split rules, config name, settings."""
-  name: str
-  config: str | None
-  physical: dict[str, list[anno_lib.VideoCaptions]]
-  holdout_ids: list[str] | None
-  settings: dict
-  render: Callable[[str, int], np.ndarray] | None = None  # moving_shapes in memory
-  extra_files: dict[str, str] = dataclasses.field(default_factory=dict)
-
-
-def _load_source(dataset, anno_dir, video_dir, split_protocol, holdout_size, holdout_seed,
-                 storage, shapes_size, seed) -> _Source:
-  settings = dict(storage)
-  if dataset == "moving_shapes":
-    vocab = json.dumps(moving_shapes.vocabulary())
-    extra = {moving_shapes.VOCAB_FILE: vocab}
-    if video_dir is None:
-      cfg = dataclasses.replace(moving_shapes.SIZES[shapes_size], seed=seed).validate()
-      physical = {}
-      clips = {}
-      for split in moving_shapes.SPLITS:
-        if cfg.num_clips(split):
-          items = list(moving_shapes.iter_clips(cfg, split))
-          clips[split] = items
-          physical[split] = [anno_lib.VideoCaptions(c.video_id, c.captions) for c in items]
-
-      def render(split, i):
-        return clips[split][i].frames
-
-      settings |= {"source": "rendered", "moving_shapes": dataclasses.asdict(cfg)}
-      return _Source(dataset, shapes_size, physical, None, settings, render, extra)
-    splits = moving_shapes.read_annotations(anno_dir)
-    physical = {s: [anno_lib.VideoCaptions(v, c) for v, c in items]
-                for s, items in splits.items() if items}
-    settings |= {"source": "files"}
-    return _Source(dataset, "custom", physical, None, settings, None, extra)
-  if dataset == "msrvtt":
-    physical = anno_lib.msrvtt_splits(anno_dir, split_protocol)
-    config = split_protocol
-    settings["split_protocol"] = split_protocol
-  elif dataset == "msvd":
-    physical = anno_lib.msvd_splits(anno_dir)
-    config = None
-  else:
-    physical = anno_lib.lsmdc_splits(anno_dir)
-    config = None
-  holdout_ids = None
-  if dataset in DEFAULT_HOLDOUT:
-    train_ids = [v.video_id for v in physical["train"]]
-    if holdout_size > len(train_ids):
-      raise PrepareError(f"--holdout_size {holdout_size} exceeds the {len(train_ids)} "
-                         f"training videos of {dataset}")
-    holdout_ids = anno_lib.holdout_split(train_ids, holdout_size, holdout_seed)[1]
-    settings |= {"holdout_size": holdout_size, "holdout_seed": holdout_seed}
-  return _Source(dataset, config, physical, holdout_ids, settings)
 
 
 def _check_args(dataset, out_dir, video_dir, anno_dir, storage, num_workers, holdout_size,
@@ -251,7 +208,10 @@ def _already_prepared(version_dir, source, dataset, report_path, summary_path, s
       previous = json.load(f)
     summary = dataclasses.replace(summary, skipped=previous.get("skipped", 0),
                                   skipped_by_reason=previous.get("skipped_by_reason", {}),
-                                  partial=previous.get("partial", 0))
+                                  partial=previous.get("partial", 0),
+                                  protocol=previous.get("protocol"),
+                                  protocol_differences=previous.get("protocol_differences",
+                                                                    []))
   return summary
 
 
@@ -299,7 +259,7 @@ def _decode_phase(source, video_dir, cache_dir, storage, num_workers, report: _R
       if source.render is not None:
         ok_ids.add(v.video_id)
         continue
-      path = files.get(v.video_id)
+      path = decoding.find_video(files, v.video_id)
       if path is None:
         report.skip(v.video_id, split, None, "missing",
                     f"no file named {v.video_id}.<video extension> under {video_dir}")
@@ -383,11 +343,12 @@ def prepare(dataset: str, *, out_dir: str, video_dir: str | None = None,
   _check_args(dataset, out_dir, video_dir, anno_dir, storage, num_workers, holdout_size,
               shapes_size)
   try:
-    source = _load_source(dataset, anno_dir, video_dir, split_protocol, holdout_size,
-                          holdout_seed, storage, shapes_size, seed)
+    source = sources.load_source(dataset, anno_dir, video_dir, split_protocol,
+                                 holdout_size, holdout_seed, storage, shapes_size, seed,
+                                 DEFAULT_HOLDOUT)
+  except sources.SourceError as e:
+    raise PrepareError(str(e)) from e
   except (anno_lib.AnnotationError, ValueError) as e:
-    if isinstance(e, PrepareError):
-      raise
     raise PrepareError(f"--anno_dir: {e}") from e
 
   os.makedirs(out_dir, exist_ok=True)
@@ -402,6 +363,12 @@ def prepare(dataset: str, *, out_dir: str, video_dir: str | None = None,
   os.makedirs(cache_dir, exist_ok=True)
   report = _Report(report_path)
   try:
+    for dropped in source.dropped:
+      for video_id in dropped.video_ids:  # left out by the protocol itself, not skipped
+        report.log({"video_id": video_id, "split": dropped.split, "path": None,
+                    "status": "not_annotated",
+                    "detail": f"listed in {dropped.list_file} without annotations (the "
+                              "official loader leaves it out too)"})
     ok_ids = _decode_phase(source, video_dir, cache_dir, storage, num_workers, report,
                            progress)
     plan: dict[str, list[builders.PlannedVideo]] = {}
@@ -432,13 +399,15 @@ def prepare(dataset: str, *, out_dir: str, video_dir: str | None = None,
   finally:
     report.close()
 
+  protocol, differences = sources.protocol_differences(source, plan)
   summary = PrepareSummary(dataset=dataset, version_dir=version_dir,
                            written={s: len(v) for s, v in plan.items() if v},
                            skipped=sum(report.skipped.values()),
                            skipped_by_reason=dict(report.skipped),
                            partial=report.counts["partial"], reused=report.counts["reused"],
                            decoded=report.counts["decoded"], report_path=report_path,
-                           seconds=time.time() - start)
+                           seconds=time.time() - start, protocol=protocol,
+                           protocol_differences=differences)
   with open(summary_path, "w", encoding="utf-8") as f:
     json.dump(dataclasses.asdict(summary), f, indent=1)
   if not keep_cache:

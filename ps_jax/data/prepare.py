@@ -1,6 +1,6 @@
 """Prepare step: decode videos once with PyAV and write a TFDS ArrayRecord dataset.
 
-  python -m ps_jax.data.prepare --dataset {msrvtt,msvd,lsmdc,moving_shapes} \
+  python -m ps_jax.data.prepare --dataset {msrvtt,msvd,lsmdc,activitynet,didemo,moving_shapes} \
       --video_dir VIDEOS --anno_dir ANNOTATIONS --out_dir DATA_DIR \
       [--split_protocol 9k|7k] [--max_frames K] [--fps R] [--short_side 224] \
       [--encoding auto|raw|jpeg] [--jpeg_quality 90] [--num_workers N]
@@ -80,6 +80,8 @@ def main(argv: Iterable[str] | None = None) -> int:
   except PrepareError as e:
     parser.error(str(e))
   print(summary.line())
+  for line in summary.protocol_lines():
+    print(line)
   return 0
 
 
