@@ -139,9 +139,9 @@ def test_count_check_labels_and_differences():
 
 
 def test_an_edited_annotation_file_is_reported_as_such(tmp_path):
-  """val_ids.json cut to 100 ids (99 annotated): the summary says the annotation files give fewer test
-  videos than the protocol (not that videos are missing); the training split, whose
-  files are intact, reports the videos that were not found."""
+  """val_ids.json cut to 100 ids (99 annotated): the summary says the annotation files
+  give fewer test videos than the protocol (not that videos are missing); the training
+  split, whose files are intact, reports the videos that were not found."""
   anno = tmp_path / "anno"
   shutil.copytree(ANET, anno)
   val_ids = json.loads((ANET / "val_ids.json").read_text())

@@ -41,8 +41,10 @@ in --anno_dir).
 
 Every dataset has a named protocol (`ps_jax.data.protocols`) pinning its split counts:
 the summary lists each split whose annotations or prepared videos differ from it
-("activitynet/val1-paragraph test: 4913 videos, the protocol has 4916 (missing 3)"). `decode_cache/` needs as much
-disk as the dataset, and TFDS stages the write in a temporary directory beside it.
+("activitynet/val1-paragraph test: 4913 videos, the protocol has 4916 (missing 3)").
+
+`decode_cache/` needs as much disk as the dataset, and TFDS stages the write in a
+temporary directory beside it.
 
 moving_shapes needs no --video_dir / --anno_dir: its clips are rendered in memory
 (`--shapes_size demo|tiny`, `--seed`); given both, it decodes the .mp4 files written

@@ -152,8 +152,9 @@ class CountCheck:
     for what, got, want in (("videos", self.videos, self.expected.videos),
                             ("queries", self.queries, self.expected.queries)):
       if want is not None and got != want:
+        gap = f"missing {want - got}" if got < want else f"extra {got - want}"
         out.append(f"{self.protocol} {self.split}: {got} {what}, the protocol has {want} "
-                   f"({'missing ' + str(want - got) if got < want else 'extra ' + str(got - want)})")
+                   f"({gap})")
     return out
 
   @property

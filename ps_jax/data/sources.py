@@ -105,7 +105,7 @@ def protocol_differences(source: Source, written: dict[str, list[anno_lib.VideoC
   if protocol is None:
     return None, []
   lines = []
-  for split, expected in protocol.splits.items():
+  for split in protocol.splits:
     annotated = [v for v in source.physical.get(split, []) if v.captions]
     got = written.get(split, [])
     listed = protocols_lib.check(name, split, split, len(annotated),
