@@ -2,8 +2,9 @@
 all its captions.
 
 Layer: data (imports `builders`, `protocols`, `reading`, `transforms`). Each video is
-sampled with the `uniform` scheme (F = C * P) on its source frame count, and only the sampled frames are
-decoded, resized (torch bicubic, short side; none when already S) and centre-cropped:
+sampled with the `uniform` scheme (F = C * P) on its source frame count, and only the
+sampled frames are decoded, resized (torch bicubic, short side; none when already S)
+and centre-cropped:
 
   {"frames": uint8[b, F, S, S, 3], "video_index": int32[b], "mask": bool[b]}
 
@@ -134,8 +135,8 @@ def make_eval_data(data_dir: str, dataset_name: str, split: str, *, tokenizer,
                               for _ in caps], np.int32)
   ids, mask = tokenizer(captions, max_len)
   index = split_data.index
-  name = "/".join(n for n in (index.get("dataset"), index.get("config")) if n)
-  counts = protocols.check(name, split, split_data.physical_split, split_data.num_videos,
+  counts = protocols.check(protocols.dataset_name(index.get("dataset"), index.get("config")),
+                           split, split_data.physical_split, split_data.num_videos,
                            len(captions),
                            held_out=index["splits"][split]["records"] is not None)
   return EvalData(videos=reading.to_iter(ds, worker_count, read_threads, prefetch_batches),

@@ -113,6 +113,11 @@ def get(name: str) -> Protocol:
   return PROTOCOLS[name]
 
 
+def dataset_name(dataset: Optional[str], config: Optional[str]) -> str:
+  """A prepared dataset's name from its builder and config ("msrvtt", "9k" -> "msrvtt/9k")."""
+  return "/".join(n for n in (dataset, config) if n)
+
+
 def for_dataset(dataset_name: str) -> Optional[Protocol]:
   """The protocol of a prepared dataset name (config.data.name), None for datasets
   without one (custom, synthetic). "msrvtt" alone means its default, "msrvtt/9k"."""
@@ -131,9 +136,9 @@ class CountCheck:
     protocol: the protocol's name (None: the dataset has none).
     split: the split evaluated or prepared; physical: the prepared split it reads.
     videos, queries: the actual counts.
-    expected: what the protocol pins for `physical` (None when it pins nothing, e.g. a
-      validation hold-out).
-    held_out: `split` is a hold-out carved from `physical` (its counts are not pinned).
+    expected: what the protocol pins for this split (None when it pins nothing: no
+      protocol, or a hold-out carved from `physical`).
+    held_out: `split` is a hold-out carved from `physical`.
   """
   protocol: Optional[str]
   split: str
@@ -146,7 +151,7 @@ class CountCheck:
   @property
   def differences(self) -> list[str]:
     """One line per count that differs from the protocol (empty when all agree)."""
-    if self.expected is None or self.held_out:
+    if self.expected is None:
       return []
     out = []
     for what, got, want in (("videos", self.videos, self.expected.videos),
@@ -162,7 +167,7 @@ class CountCheck:
     """E.g. "activitynet/val1-paragraph test: 4913 of 4916 videos present, 4913 of 4916
     queries"."""
     name = f"{self.protocol} " if self.protocol else ""
-    pinned = self.expected if self.expected is not None and not self.held_out else None
+    pinned = self.expected
 
     def part(got, want, what):
       if want is None:
@@ -177,10 +182,8 @@ class CountCheck:
   def to_json(self) -> dict:
     return {"protocol": self.protocol, "split": self.split, "videos": self.videos,
             "queries": self.queries,
-            "expected_videos": None if self.expected is None or self.held_out
-            else self.expected.videos,
-            "expected_queries": None if self.expected is None or self.held_out
-            else self.expected.queries,
+            "expected_videos": self.expected and self.expected.videos,
+            "expected_queries": self.expected and self.expected.queries,
             "label": self.label}
 
 
@@ -188,6 +191,6 @@ def check(dataset_name: str, split: str, physical: str, videos: int, queries: in
           held_out: bool = False) -> CountCheck:
   """Compares a split's counts with the protocol of `dataset_name`."""
   protocol = for_dataset(dataset_name)
-  expected = protocol.splits.get(physical) if protocol is not None else None
+  expected = None if protocol is None or held_out else protocol.splits.get(physical)
   return CountCheck(protocol.name if protocol else None, split, physical, videos, queries,
                     expected, held_out)

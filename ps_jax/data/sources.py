@@ -100,7 +100,7 @@ def protocol_differences(source: Source, written: dict[str, list[anno_lib.VideoC
   """The dataset's protocol name and how the annotations and the written splits differ
   from its counts: a split whose annotation files already disagree is reported as such
   (a wrong or edited file), one whose written videos disagree names the missing ones."""
-  name = f"{source.name}/{source.config}" if source.config else source.name
+  name = protocols_lib.dataset_name(source.name, source.config)
   protocol = protocols_lib.for_dataset(name)
   if protocol is None:
     return None, []
