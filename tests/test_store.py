@@ -38,7 +38,9 @@ def test_round_trip_float16(index_dir):
       1, 8, "float16", 3)
   assert meta["source"] == "msrvtt 1k-A" and meta["metadata"] == {"split": "test"}
   assert meta["created"].endswith("+00:00") and meta["appends"] == []
-  assert sorted(os.listdir(index_dir)) == ["embeddings.npy", "ids.json", "meta.json"]
+  assert sorted(os.listdir(index_dir)) == ["embeddings.npy", "ids.json", "meta.json",
+                                           "sources.json", "thumbnails.bin",
+                                           "thumbnails.npy"]
 
 
 def test_round_trip_float32_and_mmap(tmp_path):
@@ -74,7 +76,9 @@ def test_append(index_dir):
   assert meta["appends"][0]["source"] == "batch 2"
   expected = np.concatenate([_unit(_rows(3)), _unit(_rows(2, seed=1))])
   np.testing.assert_allclose(index.embeddings.astype(np.float32), expected, atol=1e-3)
-  assert sorted(os.listdir(index_dir)) == ["embeddings.npy", "ids.json", "meta.json"]
+  assert sorted(os.listdir(index_dir)) == ["embeddings.npy", "ids.json", "meta.json",
+                                           "sources.json", "thumbnails.bin",
+                                           "thumbnails.npy"]
 
 
 def test_append_refuses_other_fingerprint(index_dir):
@@ -107,7 +111,9 @@ def test_crash_before_commit_point_keeps_old_index(index_dir, monkeypatch):
   monkeypatch.undo()
   ix.append_to_index(index_dir, ["v3"], _rows(1), FP)
   assert ix.load_index(index_dir).ids == ["v0", "v1", "v2", "v3"]
-  assert sorted(os.listdir(index_dir)) == ["embeddings.npy", "ids.json", "meta.json"]
+  assert sorted(os.listdir(index_dir)) == ["embeddings.npy", "ids.json", "meta.json",
+                                           "sources.json", "thumbnails.bin",
+                                           "thumbnails.npy"]
 
 
 def test_crash_after_commit_point_reads_new_index(index_dir, monkeypatch):
@@ -124,7 +130,9 @@ def test_crash_after_commit_point_reads_new_index(index_dir, monkeypatch):
   monkeypatch.undo()
   ix.append_to_index(index_dir, ["v4"], _rows(1), FP)  # Finishes the commit first.
   assert ix.load_index(index_dir).ids == ["v0", "v1", "v2", "v3", "v4"]
-  assert sorted(os.listdir(index_dir)) == ["embeddings.npy", "ids.json", "meta.json"]
+  assert sorted(os.listdir(index_dir)) == ["embeddings.npy", "ids.json", "meta.json",
+                                           "sources.json", "thumbnails.bin",
+                                           "thumbnails.npy"]
 
 
 def test_corrupt_embeddings_named(index_dir):

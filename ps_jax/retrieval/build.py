@@ -30,7 +30,7 @@ import ps_jax
 from ps_jax import checkpoints, embed, experiment, reporting, sharding
 from ps_jax.data import tokenizers
 from ps_jax.data import video as video_lib
-from ps_jax.retrieval import store
+from ps_jax.retrieval import media, store
 from ps_jax.retrieval.model import IndexModel, load_tokenizer, model_description
 from ps_jax.retrieval.sources import IndexBuildError, VideoSource, dataset_source, eval_clip
 
@@ -55,6 +55,7 @@ class EmbedResult:
   Attributes:
     ids: N ids embedded, in source order.
     embeddings: float32[N, E] L2-normalised video embeddings.
+    thumbnails: N JPEG thumbnail strips (`ps_jax.retrieval.media`) of the clips embedded.
     skipped: videos that could not be decoded (on any process).
     partial: (video_id, warnings) of videos indexed despite decoding problems (those
       this process decoded).
@@ -65,20 +66,22 @@ class EmbedResult:
   skipped: list[Skipped]
   partial: list[tuple[str, list[str]]]
   seconds: float
+  thumbnails: list = dataclasses.field(default_factory=list)
 
 
 def _work(source: VideoSource, position: int, num_frames: int, num_prompts: int,
           image_size: int):
-  """(clip uint8[F, S, S, 3] or None, status code, warnings, error detail). Never raises."""
+  """(clip uint8[F, S, S, 3] or None, its thumbnail strip or None, status code, warnings,
+  error detail). Never raises."""
   try:
     loaded = source.load(position)
     clip = eval_clip(loaded.frames, num_frames, num_prompts, image_size)
-    return clip, 0, loaded.warnings, ""
+    return clip, media.strip(clip), 0, loaded.warnings, ""
   except video_lib.VideoError as e:
     reason = e.reason if e.reason in SKIP_REASONS else "error"
-    return None, 1 + SKIP_REASONS.index(reason), [], e.detail
+    return None, None, 1 + SKIP_REASONS.index(reason), [], e.detail
   except Exception as e:  # pylint: disable=broad-except  # a bad video never stops the run
-    return None, 1 + SKIP_REASONS.index("error"), [], f"{type(e).__name__}: {e}"
+    return None, None, 1 + SKIP_REASONS.index("error"), [], f"{type(e).__name__}: {e}"
 
 
 def embed_source(imodel: IndexModel, source: VideoSource, positions: Sequence[int], *,
@@ -91,6 +94,8 @@ def embed_source(imodel: IndexModel, source: VideoSource, positions: Sequence[in
   them (in `num_workers` threads, `prefetch_batches` batches ahead), the batch is
   encoded sharded over the mesh, and embeddings, statuses and positions are gathered on
   every process. Slots of videos that fail to decode hold zero frames and are dropped.
+  Each clip's thumbnail strip (`media.strip`, made from the frames already decoded)
+  travels with it and is JPEG-encoded once gathered.
 
   Args:
     imodel: the model (params are placed replicated on the mesh here).
@@ -134,6 +139,7 @@ def embed_source(imodel: IndexModel, source: VideoSource, positions: Sequence[in
   pending = collections.deque()
   start = time.perf_counter()
   shape = (b, num_frames, image_size, image_size, 3)
+  thumb_shape = media.strip(np.zeros((num_frames, 1, 1, 3), np.uint8)).shape
   try:
     for t in range(min(prefetch_batches + 1, num_batches)):
       pending.append(submit(t))
@@ -142,28 +148,31 @@ def embed_source(imodel: IndexModel, source: VideoSource, positions: Sequence[in
       if t + len(pending) + 1 < num_batches:
         pending.append(submit(t + len(pending) + 1))
       frames = np.zeros(shape, np.uint8)
+      thumbs = np.zeros((b, *thumb_shape), np.uint8)
       status = np.full((b,), -1, np.int32)
       where = np.full((b,), -1, np.int32)
       details = {}
       for j, fut in enumerate(futures):
-        clip, code, warnings, detail = fut.result()
+        clip, thumb, code, warnings, detail = fut.result()
         where[j], status[j] = positions[t * g + lo + j], code
         if clip is not None:
-          frames[j] = clip
+          frames[j], thumbs[j] = clip, thumb
         if code:
           details[int(where[j])] = detail
         elif warnings:
           partial.append((source.ids[where[j]], warnings))
       # Status and position travel as global arrays laid out like the frames, so every
       # gathered embedding row keeps its video whatever order the mesh gives the hosts.
-      batch = sharding.global_batch({"frames": frames, "status": status, "where": where},
-                                    mesh)
+      batch = sharding.global_batch({"frames": frames, "status": status, "where": where,
+                                     "thumbs": thumbs}, mesh)
       emb = sharding.gather(encode_video(params, batch["frames"]))
       status, where = sharding.gather(batch["status"]), sharding.gather(batch["where"])
+      thumbs = sharding.gather(batch["thumbs"])
       for j in range(g):
         pos = int(where[j])
         if status[j] == 0:
-          done.append((pos, emb[j]))
+          jpeg = media.encode_jpeg(thumbs[j]) if jax.process_index() == 0 else b""
+          done.append((pos, emb[j], jpeg))  # process 0 writes the index
         elif status[j] > 0:
           detail = details.get(pos, "decoded by another process: see its log")
           skip = Skipped(source.ids[pos], source.paths[pos] if source.paths else None,
@@ -184,11 +193,12 @@ def embed_source(imodel: IndexModel, source: VideoSource, positions: Sequence[in
     pool.shutdown(wait=True)
   done.sort(key=lambda item: item[0])  # source order, whatever the mesh's row order
   skipped = [skip for _, skip in sorted(skipped, key=lambda item: item[0])]
-  ids = [source.ids[pos] for pos, _ in done]
+  ids = [source.ids[pos] for pos, _, _ in done]
   dim = imodel.model.clip.projection_dim
-  embeddings = (np.stack([e for _, e in done]).astype(np.float32) if done
+  embeddings = (np.stack([e for _, e, _ in done]).astype(np.float32) if done
                 else np.zeros((0, dim), np.float32))
-  return EmbedResult(ids, embeddings, skipped, partial, time.perf_counter() - start)
+  return EmbedResult(ids, embeddings, skipped, partial, time.perf_counter() - start,
+                     [jpeg for _, _, jpeg in done])
 
 
 def _warn(message: str, bar=None) -> None:
@@ -334,6 +344,9 @@ def build_index(out: str, source: VideoSource, imodel: Optional[IndexModel] = No
   count = len(existing) if existing is not None else 0
   if jax.process_index() == 0:
     if result.ids:
+      pos = {video_id: i for i, video_id in enumerate(source.ids)}
+      files = ([os.path.abspath(source.paths[pos[i]]) for i in result.ids]
+               if source.paths else None)
       if existing is None:
         metadata = {"model_path": imodel.path, "load_model_kwargs": imodel.load_kwargs,
                     "model": model_description(imodel.model), "tokenizer": tokenizer,
@@ -342,12 +355,14 @@ def build_index(out: str, source: VideoSource, imodel: Optional[IndexModel] = No
                     "frame_sampling": "uniform", "data": source.info,
                     "ps_jax_version": ps_jax.__version__}
         store.write_index(out, result.ids, result.embeddings, imodel.fingerprint,
-                              metadata, dtype, source=source.describe(), overwrite=overwrite)
+                          metadata, dtype, source=source.describe(), overwrite=overwrite,
+                          thumbnails=result.thumbnails, sources=files)
         if os.path.exists(os.path.join(out, REPORT_FILE)):  # the replaced index's
           os.remove(os.path.join(out, REPORT_FILE))
       else:
         store.append_to_index(out, result.ids, result.embeddings, imodel.fingerprint,
-                                  source=source.describe())
+                              source=source.describe(), thumbnails=result.thumbnails,
+                              sources=files)
     if os.path.isdir(out):
       _write_report(out, result, run)
   if jax.process_count() > 1:

@@ -1,6 +1,7 @@
 """On-disk video embedding index: ids.json + embeddings.npy + meta.json in one directory.
 
-Layer: foundation (numpy only). The index is a local directory (it is memory-mapped).
+Layer: foundation (numpy; `media` for the optional thumbnails and source paths). The
+index is a local directory (it is memory-mapped).
 
 Layout (format version 1):
 - `ids.json`: JSON list of N unique video id strings, row order of the embeddings.
@@ -9,6 +10,7 @@ Layout (format version 1):
   "updated", "source", "metadata", "appends"}. `fingerprint` identifies the model that
   produced the embeddings (see `fingerprint_params`); appending with another model is
   refused, since embeddings of two models are not comparable.
+- optional, per row: thumbnail strips and source video paths (`ps_jax.retrieval.media`).
 
 Writes are atomic with one writer at a time: new files are written as `<name>.new`, then
 the marker `COMMIT` is created (the commit point), then each `<name>.new` is renamed over
@@ -20,6 +22,7 @@ the new one, never a mix.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime
 import hashlib
@@ -28,6 +31,8 @@ import os
 from typing import Any, Mapping, Optional, Sequence
 
 import numpy as np
+
+from ps_jax.retrieval import media as media_lib
 
 FORMAT_VERSION = 1
 IDS_FILE = "ids.json"
@@ -81,9 +86,7 @@ class Index:
 
 
 def _json_default(value):
-  if isinstance(value, np.generic):
-    return value.item()
-  if isinstance(value, np.ndarray):
+  if isinstance(value, (np.generic, np.ndarray)):
     return value.tolist()
   raise TypeError(f"Config value of type {type(value).__name__} is not JSON serialisable: "
                   f"{value!r}")
@@ -104,12 +107,8 @@ def fingerprint_params(config_dict: Any, params_pytree: Any) -> str:
   shape and C-order bytes, so the result does not depend on dict insertion order or on
   the device the arrays live on.
 
-  Args:
-    config_dict: the model config (a dict, or anything with `to_dict()`), JSON-able.
-    params_pytree: the parameters, a pytree of arrays (jax or numpy).
-
-  Returns:
-    "sha256:<64 hex digits>".
+  Args: config_dict, the model config (a dict, or anything with `to_dict()`), JSON-able;
+  params_pytree, a pytree of arrays (jax or numpy). Returns "sha256:<64 hex digits>".
   """
   import jax  # pylint: disable=g-import-not-at-top
 
@@ -131,23 +130,19 @@ def fingerprint_params(config_dict: Any, params_pytree: Any) -> str:
 
 
 def _fsync_dir(path: str) -> None:
-  try:
+  with contextlib.suppress(OSError):
     fd = os.open(path, os.O_RDONLY)
-  except OSError:
-    return
-  try:
-    os.fsync(fd)
-  except OSError:
-    pass
-  finally:
-    os.close(fd)
+    try:
+      os.fsync(fd)
+    finally:
+      os.close(fd)
 
 
 def _recover(path: str) -> None:
   """Finishes a commit interrupted after its marker, or drops one interrupted before it."""
   marker = os.path.join(path, COMMIT_MARKER)
   committed = os.path.exists(marker)
-  for name in _FILES:
+  for name in _FILES + media_lib.FILES:
     new = os.path.join(path, name + _NEW)
     if os.path.exists(new):
       if committed:
@@ -183,8 +178,7 @@ def _current(path: str, name: str) -> str:
 
 def _write_json(file: str, value: Any) -> None:
   with open(file, "w", encoding="utf-8") as f:
-    json.dump(value, f, indent=1)
-    f.write("\n")
+    f.write(json.dumps(value, indent=1) + "\n")
     f.flush()
     os.fsync(f.fileno())
 
@@ -251,7 +245,9 @@ def _now() -> str:
 
 def write_index(path: str, ids: Sequence[str], embeddings, fingerprint: str,
                 metadata: Optional[Mapping[str, Any]] = None, dtype: str = "float16", *,
-                source: Optional[str] = None, overwrite: bool = False) -> dict:
+                source: Optional[str] = None, overwrite: bool = False,
+                thumbnails: Optional[Sequence[Optional[bytes]]] = None,
+                sources: Optional[Sequence[Optional[str]]] = None) -> dict:
   """Writes a new index directory.
 
   Args:
@@ -263,6 +259,8 @@ def write_index(path: str, ids: Sequence[str], embeddings, fingerprint: str,
     dtype: storage dtype, "float16" (default) or "float32".
     source: where the embeddings come from (dataset, split, checkpoint), meta["source"].
     overwrite: replace an existing index at `path` (refused otherwise).
+    thumbnails, sources: N JPEG strips and N source video paths (None entries allowed);
+      see `ps_jax.retrieval.media`. The media files are always written (empty if None).
 
   Returns:
     The meta.json content written.
@@ -288,12 +286,14 @@ def write_index(path: str, ids: Sequence[str], embeddings, fingerprint: str,
     f.flush()
     os.fsync(f.fileno())
   _write_json(os.path.join(path, META_FILE + _NEW), meta)
-  _commit(path, _FILES)
+  none = [None] * len(ids)
+  media_lib.write_new(path, _NEW, None, len(ids), thumbnails or none, sources or none)
+  _commit(path, _FILES + media_lib.FILES)
   return meta
 
 
 def append_to_index(path: str, ids: Sequence[str], embeddings, fingerprint: str, *,
-                    source: Optional[str] = None) -> dict:
+                    source: Optional[str] = None, thumbnails=None, sources=None) -> dict:
   """Appends rows to an existing index, atomically.
 
   Args:
@@ -302,6 +302,7 @@ def append_to_index(path: str, ids: Sequence[str], embeddings, fingerprint: str,
     embeddings: float[M, E] (normalised here, stored in the index's dtype).
     fingerprint: must equal the index's fingerprint.
     source: recorded with the append in meta["appends"].
+    thumbnails, sources: the new rows' media, as for `write_index` (None: none).
 
   Returns:
     The new meta.json content.
@@ -338,8 +339,18 @@ def append_to_index(path: str, ids: Sequence[str], embeddings, fingerprint: str,
                   {"time": now, "count": len(new_ids), "source": source}])
   _write_json(os.path.join(path, IDS_FILE + _NEW), index.ids + new_ids)
   _write_json(os.path.join(path, META_FILE + _NEW), meta)
-  _commit(path, _FILES)
+  names = media_lib.write_new(path, _NEW, load_media(path, index.meta["count"]),
+                              len(new_ids), thumbnails, sources)
+  _commit(path, _FILES + tuple(names))
   return meta
+
+
+def load_media(path: str, count: int) -> media_lib.Media:
+  """The thumbnails and source paths of an index of `count` rows (none stored: empty)."""
+  try:
+    return media_lib.read({n: _current(path, n) for n in media_lib.FILES}, count)
+  except ValueError as e:
+    raise IndexFormatError(str(e)) from e
 
 
 # ----------------------------------------------------------------------------- load

@@ -1,0 +1,178 @@
+"""What a results page shows of an indexed video: a thumbnail strip and the source file.
+
+Layer: foundation (numpy and Pillow). Optional files of an index directory, written and
+committed together with ids.json and embeddings.npy by `ps_jax.retrieval.store`:
+
+- `thumbnails.bin`: the JPEG thumbnail strips of all rows, concatenated.
+- `thumbnails.npy`: int64[N + 1] byte offsets; row i's JPEG is bytes [off[i], off[i+1])
+  of thumbnails.bin (empty: no thumbnail for that row).
+- `sources.json`: N source video paths (absolute) or null (frames from a prepared
+  dataset: no file to play).
+
+A strip is `THUMB_FRAMES` frames of the clip the model embedded (evenly spread over its
+F frames), each resized to THUMB_SIZE x THUMB_SIZE, side by side: a page can show it
+whole or step through it as an animation (frames = width / height). An index without
+these files (older ones, or rows appended without media) still serves; its rows have no
+thumbnail and no source.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import json
+import os
+import shutil
+from typing import Optional, Sequence
+
+import numpy as np
+from PIL import Image
+
+THUMBS_FILE = "thumbnails.bin"
+OFFSETS_FILE = "thumbnails.npy"
+SOURCES_FILE = "sources.json"
+FILES = (THUMBS_FILE, OFFSETS_FILE, SOURCES_FILE)
+THUMB_FRAMES = 4
+THUMB_SIZE = 96
+JPEG_QUALITY = 85
+
+
+def strip(clip: np.ndarray, num_frames: int = THUMB_FRAMES, size: int = THUMB_SIZE
+          ) -> np.ndarray:
+  """uint8[F, H, W, 3] -> uint8[size, size * min(num_frames, F), 3]: evenly spread frames,
+  each resized (bicubic) to size x size, left to right in time order."""
+  clip = np.asarray(clip)
+  if clip.ndim != 4 or clip.shape[-1] != 3 or not clip.shape[0]:
+    raise ValueError(f"clip must be uint8[F>0, H, W, 3], got {clip.dtype}{clip.shape}")
+  k = min(num_frames, clip.shape[0])
+  picks = np.round(np.linspace(0, clip.shape[0] - 1, k)).astype(int)
+  tiles = [np.asarray(Image.fromarray(np.ascontiguousarray(clip[i], np.uint8)).resize(
+      (size, size), Image.Resampling.BICUBIC)) for i in picks]
+  return np.concatenate(tiles, axis=1)
+
+
+def encode_jpeg(image: np.ndarray, quality: int = JPEG_QUALITY) -> bytes:
+  """uint8[H, W, 3] -> JPEG bytes."""
+  out = io.BytesIO()
+  Image.fromarray(np.asarray(image, np.uint8)).save(out, format="JPEG", quality=quality)
+  return out.getvalue()
+
+
+@dataclasses.dataclass
+class Media:
+  """Per-row media of an index (rows without any: empty thumbnail, None source).
+
+  Attributes:
+    offsets: int64[N + 1] into `thumbnails_file`, or None (no thumbnails stored).
+    thumbnails_file: path of thumbnails.bin, or None.
+    sources: N source paths or None each; None when no sources.json was stored.
+  """
+  count: int
+  offsets: Optional[np.ndarray] = None
+  thumbnails_file: Optional[str] = None
+  sources: Optional[list] = None
+
+  def has_thumbnail(self, row: int) -> bool:
+    return self.offsets is not None and self.offsets[row + 1] > self.offsets[row]
+
+  def thumbnail(self, row: int) -> Optional[bytes]:
+    """Row `row`'s JPEG strip, or None."""
+    if not self.has_thumbnail(row):
+      return None
+    start, stop = int(self.offsets[row]), int(self.offsets[row + 1])
+    with open(self.thumbnails_file, "rb") as f:
+      f.seek(start)
+      return f.read(stop - start)
+
+  def source(self, row: int) -> Optional[str]:
+    return self.sources[row] if self.sources is not None else None
+
+  @property
+  def num_thumbnails(self) -> int:
+    return 0 if self.offsets is None else int(np.count_nonzero(np.diff(self.offsets)))
+
+
+def _check_new(count: int, thumbnails, sources) -> None:
+  if thumbnails is not None:
+    if len(thumbnails) != count:
+      raise ValueError(f"{len(thumbnails)} thumbnails given for {count} ids")
+    for i, t in enumerate(thumbnails):
+      if t is not None and not isinstance(t, (bytes, bytearray)):
+        raise ValueError(f"thumbnails[{i}] must be JPEG bytes or None, got {type(t).__name__}")
+  if sources is not None:
+    if len(sources) != count:
+      raise ValueError(f"{len(sources)} sources given for {count} ids")
+    for i, s in enumerate(sources):
+      if s is not None and not isinstance(s, str):
+        raise ValueError(f"sources[{i}] must be a path string or None, got {type(s).__name__}")
+
+
+def write_new(path: str, suffix: str, old: Optional[Media], count: int,
+              thumbnails: Optional[Sequence[Optional[bytes]]],
+              sources: Optional[Sequence[Optional[str]]]) -> list[str]:
+  """Writes the media files of `old`'s rows followed by `count` new rows as
+  `<name><suffix>` files, synced, for the store's commit; returns the names written
+  (none when neither the old rows nor the new ones have media).
+  """
+  _check_new(count, thumbnails, sources)
+  old = old or Media(0)
+  names = []
+  if thumbnails is not None or old.offsets is not None:
+    sizes = [len(t) if t else 0 for t in (thumbnails or [None] * count)]
+    base = old.offsets if old.offsets is not None else np.zeros(old.count + 1, np.int64)
+    offsets = np.concatenate([base, base[-1] + np.cumsum(sizes, dtype=np.int64)])
+    with open(os.path.join(path, THUMBS_FILE + suffix), "wb") as out:
+      if old.thumbnails_file is not None:
+        with open(old.thumbnails_file, "rb") as f:
+          shutil.copyfileobj(f, out, 1 << 20)
+      for t in thumbnails or ():
+        if t:
+          out.write(t)
+      out.flush()
+      os.fsync(out.fileno())
+    with open(os.path.join(path, OFFSETS_FILE + suffix), "wb") as f:
+      np.save(f, offsets.astype(np.int64), allow_pickle=False)
+      f.flush()
+      os.fsync(f.fileno())
+    names += [THUMBS_FILE, OFFSETS_FILE]
+  if sources is not None or old.sources is not None:
+    rows = list(old.sources or [None] * old.count) + list(sources or [None] * count)
+    with open(os.path.join(path, SOURCES_FILE + suffix), "w", encoding="utf-8") as f:
+      json.dump(rows, f)
+      f.flush()
+      os.fsync(f.fileno())
+    names.append(SOURCES_FILE)
+  return names
+
+
+def read(files: dict, count: int) -> Media:
+  """The media of an index with `count` rows; `files` maps each name of FILES to the
+  path to read (the store resolves commits in progress). Raises ValueError naming the
+  file when one is inconsistent with the index."""
+  media = Media(count)
+  offsets_file, thumbs_file = files[OFFSETS_FILE], files[THUMBS_FILE]
+  if os.path.exists(offsets_file):
+    try:
+      offsets = np.load(offsets_file, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as e:
+      raise ValueError(f"{offsets_file!r} is not a valid .npy file (corrupt?): {e}") from e
+    if offsets.shape != (count + 1,) or offsets.dtype != np.int64:
+      raise ValueError(f"{offsets_file!r} holds {offsets.dtype}{offsets.shape}, expected "
+                       f"int64[{count + 1}] (one offset per row, plus the end)")
+    size = os.path.getsize(thumbs_file) if os.path.exists(thumbs_file) else -1
+    if offsets[0] != 0 or np.any(np.diff(offsets) < 0) or offsets[-1] != size:
+      raise ValueError(f"{offsets_file!r} does not match {thumbs_file!r} ({size} bytes; "
+                       "missing, truncated or corrupt?)")
+    media.offsets, media.thumbnails_file = offsets, thumbs_file
+  sources_file = files[SOURCES_FILE]
+  if os.path.exists(sources_file):
+    try:
+      with open(sources_file, encoding="utf-8") as f:
+        sources = json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+      raise ValueError(f"{sources_file!r} is not valid JSON (corrupt?): {e}") from e
+    if not isinstance(sources, list) or len(sources) != count or not all(
+        s is None or isinstance(s, str) for s in sources):
+      raise ValueError(f"{sources_file!r} must hold a list of {count} paths or nulls")
+    media.sources = sources
+  return media
