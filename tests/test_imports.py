@@ -1,7 +1,7 @@
 """The package's import rule: one direction, down the layers of `.importlinter`.
 
-front ends (main, index_videos, search, data.prepare) > jobs (train, evaluate,
-retrieval.build, retrieval.query) > assembly (experiment, embed, train_step,
+front ends (main, index_videos, search, serve, data.prepare) > the search service
+(retrieval.service) > jobs (train, evaluate, retrieval.build, retrieval.query) > assembly (experiment, embed, train_step,
 retrieval.model, retrieval.sources) > model loading (api) > formats (convert,
 checkpoints) > foundation. No module imports `ps_jax.train` but `ps_jax.main`, none
 imports a command-line module, and no function imports the package lazily.
@@ -19,7 +19,8 @@ import pytest
 REPO = pathlib.Path(__file__).resolve().parents[1]
 PACKAGE = REPO / "ps_jax"
 MAX_LINES = 460
-CLI_MODULES = ("ps_jax.main", "ps_jax.index_videos", "ps_jax.search", "ps_jax.data.prepare")
+CLI_MODULES = ("ps_jax.main", "ps_jax.index_videos", "ps_jax.search", "ps_jax.serve",
+               "ps_jax.data.prepare")
 
 
 def _lint(root: pathlib.Path) -> subprocess.CompletedProcess:
@@ -46,6 +47,9 @@ BACK_EDGES = [
     ("checkpoints.py", "from ps_jax import api"),                  # format <- loading
     ("experiment.py", "from ps_jax import evaluate"),              # assembly <- job
     ("data/builders.py", "from ps_jax.data import pipeline"),      # inside data
+    ("retrieval/service.py", "from ps_jax import serve"),          # service <- web front end
+    ("retrieval/query.py", "from ps_jax.retrieval import service"),  # job <- service
+    ("retrieval/media.py", "from ps_jax.retrieval import store"),  # media <- index format
 ]
 
 

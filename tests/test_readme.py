@@ -106,6 +106,15 @@ def test_measured_tables_are_quoted_from_their_results_files():
   assert f"{float(raw):,.0f} videos/s from raw .mp4" in sentence
 
 
+def test_serve_table_is_quoted_from_its_results_file():
+  kept = [l for l in _read("benchmarks", "RESULTS_serve.md").splitlines() if l.startswith("|")]
+  assert len(kept) == 5
+  lines = _read("README.md").splitlines()
+  start = lines.index(kept[0])
+  assert lines[start:start + 5] == kept
+  assert os.path.exists(os.path.join(REPO, "docs", "search_page.jpg"))
+
+
 def test_launch_readme_memory_table_is_the_kept_measurement():
   kept = [l for l in _read("benchmarks", "RESULTS_memory.md").splitlines()
           if l.startswith("| ViT-B/32 |")]

@@ -1,0 +1,217 @@
+"""Search your videos in a browser: a warm HTTP search service and its results page.
+
+  python -m ps_jax.serve --index DIR [--host 127.0.0.1] [--port 8000]
+
+Loads the index and the model that built it once (fingerprint checked, as
+`ps_jax.search`), compiles the text encoder for every batch shape, then serves:
+
+  GET  /                         the results page (?q=TEXT&k=K in the URL)
+  GET  /api/search?q=TEXT&k=K    {"query", "k", "results": [{"id", "score", "thumbnail",
+                                  "video"}, ...]} best first (URLs on this server; null
+                                  when the index has no thumbnail / source file)
+  POST /api/search               {"queries": [...], "k": K} -> {"k", "results": [
+                                  {"query", "results": [...]}, ...]}
+  GET  /api/thumbnail/{id}       the video's JPEG thumbnail strip
+  GET  /api/video/{id}           the source video file (HTTP range requests)
+  GET  /healthz                  index size, model, device, queries served
+  GET  /openapi.json             the API's OpenAPI schema
+
+Files are served only by video id, from what the index recorded: a request never names
+a path. Nothing a request sends changes the index or the filesystem. Binds 127.0.0.1
+unless --host says otherwise (then anyone who reaches the port can search and watch
+the indexed videos: there is no authentication).
+
+Layer: front end (FastAPI + uvicorn over `ps_jax.retrieval.service`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib.resources
+import logging
+import sys
+import urllib.parse
+from typing import Optional, Sequence
+
+import fastapi
+import pydantic
+import uvicorn
+from fastapi import responses
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException
+
+import ps_jax
+from ps_jax import reporting
+from ps_jax.retrieval import service as service_lib
+from ps_jax.retrieval import store
+from ps_jax.retrieval.query import QueryEncoderError
+from ps_jax.retrieval.model import ModelLoadError
+
+STATIC = {"app.js": "text/javascript", "style.css": "text/css",
+          "placeholder.svg": "image/svg+xml"}
+_LOG = logging.getLogger("ps_jax.serve")
+
+
+class SearchRequest(pydantic.BaseModel):
+  """POST /api/search body."""
+  queries: list[str]
+  k: int = 10
+
+
+def _web_file(name: str) -> bytes:
+  return importlib.resources.files("ps_jax").joinpath("web", name).read_bytes()
+
+
+def _error(status: int, message: str) -> responses.JSONResponse:
+  return responses.JSONResponse({"error": message}, status_code=status)
+
+
+def _strict_query(raw: bytes) -> dict[str, str]:
+  """The query string's parameters, decoded as strict UTF-8 (RequestError otherwise)."""
+  params = {}
+  for part in raw.split(b"&"):
+    if not part:
+      continue
+    key, _, value = part.partition(b"=")
+    try:
+      key_s, value_s = (urllib.parse.unquote_to_bytes(x.replace(b"+", b" ")).decode("utf-8")
+                        for x in (key, value))
+    except UnicodeDecodeError as e:
+      raise service_lib.RequestError("the query string is not valid UTF-8") from e
+    params.setdefault(key_s, value_s)
+  return params
+
+
+def create_app(service: service_lib.SearchService) -> fastapi.FastAPI:
+  """The FastAPI application over a ready `SearchService`."""
+  app = fastapi.FastAPI(title="ps_jax video search", version=ps_jax.__version__,
+                        docs_url=None, redoc_url=None,
+                        description="Text-to-video search over a ps_jax index.")
+
+  def result(hit: service_lib.Hit) -> dict:
+    quoted = urllib.parse.quote(hit.id, safe="")
+    return {"id": hit.id, "score": round(hit.score, 6),
+            "thumbnail": f"/api/thumbnail/{quoted}" if service.media.has_thumbnail(hit.row) else None,
+            "video": f"/api/video/{quoted}" if service.video_file(hit.id) else None}
+
+  async def run(texts: Sequence[str], k: int) -> list[list[dict]]:
+    hits = await asyncio.wrap_future(service.submit(texts, k))
+    return [[result(h) for h in row] for row in hits]
+
+  @app.exception_handler(service_lib.RequestError)
+  async def _bad_request(request, exc):
+    return _error(400, str(exc))
+
+  @app.exception_handler(RequestValidationError)
+  async def _invalid(request, exc):
+    where = "; ".join(f"{'.'.join(str(x) for x in e.get('loc', ()))}: {e.get('msg')}"
+                      for e in exc.errors())
+    return _error(422, f"invalid request: {where}")
+
+  @app.exception_handler(HTTPException)
+  async def _http(request, exc):  # unknown routes (404), wrong methods (405), ...
+    return _error(exc.status_code, str(exc.detail))
+
+  @app.exception_handler(Exception)
+  async def _internal(request, exc):
+    _LOG.exception("error while answering %s", request.url.path)
+    return _error(500, f"internal error: {type(exc).__name__}")
+
+  @app.get("/", response_class=responses.HTMLResponse, include_in_schema=False)
+  def page():
+    return responses.HTMLResponse(_web_file("index.html"))
+
+  @app.get("/static/{name}", include_in_schema=False)
+  def static(name: str):
+    if name not in STATIC:
+      return _error(404, "no such file")
+    return fastapi.Response(_web_file(name), media_type=STATIC[name],
+                            headers={"Cache-Control": "no-cache"})
+
+  @app.get("/api/search", summary="Search with one text query")
+  async def search_get(request: fastapi.Request,
+                       q: str = fastapi.Query(..., description="the text query"),
+                       k: int = fastapi.Query(10, description="number of results")):
+    q = _strict_query(request.scope.get("query_string", b"")).get("q", q)
+    return {"query": q, "k": k, "results": (await run([q], k))[0]}
+
+  @app.post("/api/search", summary="Search with several text queries at once")
+  async def search_post(body: SearchRequest):
+    rows = await run(body.queries, body.k)
+    return {"k": body.k, "results": [{"query": q, "results": r}
+                                     for q, r in zip(body.queries, rows)]}
+
+  @app.get("/api/thumbnail/{video_id}", summary="A video's thumbnail strip (JPEG)")
+  def thumbnail(video_id: str):
+    data = service.thumbnail(video_id)
+    if data is None:
+      return _error(404, "no thumbnail for this id")
+    return fastapi.Response(data, media_type="image/jpeg",
+                            headers={"Cache-Control": "max-age=3600"})
+
+  @app.get("/api/video/{video_id}", summary="A video's source file (range requests)")
+  def video(video_id: str):
+    path = service.video_file(video_id)
+    if path is None:
+      return _error(404, "no source video for this id")
+    return responses.FileResponse(path, filename=None)
+
+  @app.get("/healthz", summary="Index, model and device")
+  def healthz():
+    return service.health()
+
+  return app
+
+
+def _parser() -> argparse.ArgumentParser:
+  p = argparse.ArgumentParser(prog="python -m ps_jax.serve",
+                              description=__doc__.splitlines()[0])
+  p.add_argument("--index", required=True, help="index directory (ps_jax.index_videos or "
+                 "ps_jax.main --mode index)")
+  p.add_argument("--host", default="127.0.0.1", help="interface to bind (default loopback "
+                 "only; another one exposes the videos to the network)")
+  p.add_argument("--port", type=int, default=8000)
+  p.add_argument("--model", help="the model that built the index, where its recorded path "
+                 "no longer finds it (fingerprint checked)")
+  p.add_argument("--tokenizer", help="tokenizer for the queries (default: the index's)")
+  p.add_argument("--max_batch", type=int, default=32,
+                 help="most queries encoded in one device call")
+  p.add_argument("--max_k", type=int, default=100, help="most results per query")
+  p.add_argument("--log_level", default="warning")
+  return p
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+  """Serves until interrupted; returns 2 for bad flags or an index/model that cannot load."""
+  parser = _parser()
+  args = parser.parse_args(argv)
+  if not 1 <= args.port <= 65535:
+    parser.error(f"--port must be in [1, 65535], got {args.port}")
+  if args.max_batch < 1 or args.max_k < 1:
+    parser.error("--max_batch and --max_k must be >= 1")
+  limits = service_lib.Limits(max_k=args.max_k,
+                              max_queries=min(service_lib.Limits.max_queries, args.max_batch))
+  try:
+    service = service_lib.SearchService.from_index(
+        args.index, model=args.model, tokenizer=args.tokenizer, max_batch=args.max_batch,
+        limits=limits)
+  except (store.IndexFormatError, store.FingerprintMismatchError, QueryEncoderError,
+          ModelLoadError) as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 2
+  info = service.health()
+  if args.host not in ("127.0.0.1", "localhost", "::1"):
+    reporting.say(f"WARNING: serving on {args.host}: anyone who reaches this port can "
+                  "search and watch the indexed videos (no authentication)")
+  reporting.say(f"serving {info['videos']} videos ({info['thumbnails']} thumbnails, "
+                f"{info['source_files']} source files) on {info['device']} at "
+                f"http://{args.host}:{args.port}/")
+  uvicorn.run(create_app(service), host=args.host, port=args.port,
+              log_level=args.log_level, access_log=False)
+  service.close()
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

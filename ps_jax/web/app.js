@@ -1,0 +1,139 @@
+// Results page of `python -m ps_jax.serve`: no framework, no network access beyond this server.
+"use strict";
+
+const $ = (id) => document.getElementById(id);
+const form = $("search"), input = $("q"), kSelect = $("k");
+const statusLine = $("status"), grid = $("results"), info = $("info");
+const dialog = $("player"), video = $("video"), canvas = $("frames");
+let requestNumber = 0, inFlight = null, animation = null;
+
+function setState(state, message) {
+  document.body.dataset.state = state;  // idle | loading | done | empty | error
+  statusLine.className = state === "error" ? "error" : state === "loading" ? "loading" : "";
+  statusLine.textContent = message;
+}
+
+function paramsFromUrl() {
+  const params = new URLSearchParams(window.location.search);
+  return { q: (params.get("q") || "").trim(), k: params.get("k") || kSelect.value };
+}
+
+function card(result, rank) {
+  const figure = document.createElement("figure");
+  figure.className = "result";
+  figure.tabIndex = 0;
+  figure.dataset.id = result.id;
+  const img = document.createElement("img");
+  img.alt = `frames of ${result.id}`;
+  img.src = result.thumbnail || "/static/placeholder.svg";
+  img.loading = "lazy";
+  img.onerror = () => { img.onerror = null; img.src = "/static/placeholder.svg"; };
+  const caption = document.createElement("figcaption");
+  const id = document.createElement("span");
+  id.className = "id";
+  id.textContent = `${rank}. ${result.id}`;
+  id.title = result.id;
+  const score = document.createElement("span");
+  score.className = "score";
+  score.textContent = result.score.toFixed(3);
+  caption.append(id, score);
+  figure.append(img, caption);
+  const open = () => openPlayer(result);
+  figure.addEventListener("click", open);
+  figure.addEventListener("keydown", (e) => { if (e.key === "Enter" || e.key === " ") { e.preventDefault(); open(); } });
+  return figure;
+}
+
+async function search(q, k) {
+  const mine = ++requestNumber;
+  if (inFlight) inFlight.abort();
+  grid.replaceChildren();
+  if (!q) { setState("idle", "Type a description of a video and press Enter."); return; }
+  setState("loading", "Searching\u2026");
+  inFlight = new AbortController();
+  try {
+    const response = await fetch(`/api/search?q=${encodeURIComponent(q)}&k=${encodeURIComponent(k)}`,
+                                 { signal: inFlight.signal });
+    const body = await response.json().catch(() => ({}));
+    if (mine !== requestNumber) return;
+    if (!response.ok) { setState("error", `Error ${response.status}: ${body.error || response.statusText}`); return; }
+    if (!body.results.length) { setState("empty", "No videos found."); return; }
+    grid.replaceChildren(...body.results.map((r, i) => card(r, i + 1)));
+    setState("done", `${body.results.length} videos for \u201c${body.query}\u201d, best first. Click one to play it.`);
+  } catch (err) {
+    if (err.name === "AbortError" || mine !== requestNumber) return;
+    setState("error", `The search service cannot be reached (${err.message}).`);
+  }
+}
+
+function stopPlayer() {
+  if (animation) { clearInterval(animation); animation = null; }
+  video.pause();
+  video.removeAttribute("src");
+  video.load();
+}
+
+function openPlayer(result) {
+  stopPlayer();
+  $("player-title").textContent = result.id;
+  const note = $("player-note");
+  if (result.video) {
+    canvas.hidden = true;
+    video.hidden = false;
+    note.textContent = "";
+    video.src = result.video;
+    video.play().catch(() => { note.textContent = "Press play to start the video."; });
+  } else {
+    video.hidden = true;
+    canvas.hidden = false;
+    note.textContent = result.thumbnail ? "No source file was indexed: the stored frames, in a loop."
+                                        : "No source file and no thumbnail were indexed for this video.";
+    if (result.thumbnail) animateStrip(result.thumbnail);
+  }
+  if (!dialog.open) dialog.showModal();
+}
+
+function animateStrip(url) {
+  const strip = new Image();
+  strip.onload = () => {
+    const size = strip.naturalHeight, count = Math.max(1, Math.round(strip.naturalWidth / size));
+    const ctx = canvas.getContext("2d");
+    ctx.imageSmoothingEnabled = false;
+    let frame = 0;
+    const draw = () => {
+      ctx.drawImage(strip, frame * size, 0, size, size, 0, 0, canvas.width, canvas.height);
+      canvas.dataset.frame = String(frame);
+      frame = (frame + 1) % count;
+    };
+    draw();
+    animation = setInterval(draw, 350);
+  };
+  strip.src = url;
+}
+
+async function showInfo() {
+  try {
+    const health = await (await fetch("/healthz")).json();
+    info.textContent = `${health.videos} videos indexed \u00b7 ${health.thumbnails} thumbnails \u00b7 ` +
+                       `model ${health.fingerprint.slice(7, 19)} on ${health.device}`;
+  } catch (err) { info.textContent = ""; }
+}
+
+form.addEventListener("submit", (e) => {
+  e.preventDefault();
+  const q = input.value.trim(), k = kSelect.value;
+  const url = q ? `?q=${encodeURIComponent(q)}&k=${encodeURIComponent(k)}` : window.location.pathname;
+  window.history.pushState({}, "", url);
+  search(q, k);
+});
+window.addEventListener("popstate", () => { const p = paramsFromUrl(); input.value = p.q; search(p.q, p.k); });
+$("close").addEventListener("click", () => dialog.close());
+dialog.addEventListener("close", stopPlayer);
+
+(function start() {
+  const p = paramsFromUrl();
+  input.value = p.q;
+  if ([...kSelect.options].some((o) => o.value === p.k)) kSelect.value = p.k;
+  showInfo();
+  search(p.q, p.k);
+})();

@@ -1,0 +1,403 @@
+"""The search service and its page: API answers, bad input, files by id only, batching,
+old indexes, and the page driven in a real headless Chromium.
+
+One tiny model is trained once for the module (moving_shapes/tiny); two real indexes are
+built with `ps_jax.index_videos`: the rendered .mp4 files (thumbnails + playable
+sources) and the prepared test split (thumbnails from the stored frames, no files).
+"""
+
+import http.client
+import io
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+import time
+import types
+import urllib.error
+import urllib.parse
+import urllib.request
+import concurrent.futures
+
+import numpy as np
+import pytest
+import uvicorn
+from PIL import Image
+
+from ps_jax import index_videos, serve, train
+from ps_jax.data import builders, moving_shapes, prepare
+from ps_jax.retrieval import service as service_lib
+from ps_jax.retrieval.query import TextSearcher
+from train_fixtures import tiny_config
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(HERE)
+STEPS = 100
+CHROMIUM = os.environ.get("PS_JAX_CHROMIUM", "/usr/bin/chromium")
+
+
+@pytest.fixture(scope="module")
+def indexes(tmp_path_factory):
+  """(workdir, mp4 index, split index, test captions, video dir)."""
+  root = str(tmp_path_factory.mktemp("shapes"))
+  prepare.prepare("moving_shapes", out_dir=root, shapes_size="tiny", progress=False)
+  workdir = str(tmp_path_factory.mktemp("run"))
+  train.train_and_evaluate(tiny_config(**{
+      "data.dir": root, "num_train_steps": STEPS, "eval_every_steps": STEPS,
+      "checkpoint.every_steps": STEPS, "log_every_steps": STEPS, "optim.lr_clip": 3e-3,
+      "optim.lr_new": 3e-3}), workdir)
+  mp4 = str(tmp_path_factory.mktemp("mp4"))
+  moving_shapes.write_mp4_dataset(mp4, moving_shapes.SIZES["tiny"])
+  out = str(tmp_path_factory.mktemp("indexes"))
+  files_index, split_index = os.path.join(out, "files"), os.path.join(out, "split")
+  assert index_videos.main(["--model", workdir, "--video_dir", os.path.join(mp4, "videos"),
+                            "--out", files_index, "--no_progress"]) == 0
+  assert index_videos.main(["--model", workdir, "--dataset_dir", root, "--dataset",
+                            "moving_shapes/tiny", "--split", "test", "--out", split_index,
+                            "--no_progress"]) == 0
+  captions = [c for caps in builders.load_split(root, "moving_shapes/tiny", "test").captions
+              for c in caps]
+  return types.SimpleNamespace(workdir=workdir, files=files_index, split=split_index,
+                               captions=captions, videos=os.path.join(mp4, "videos"))
+
+
+def _free_port():
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]
+
+
+class Server:
+  """`serve.create_app(service)` under uvicorn in a thread, on a free loopback port."""
+
+  def __init__(self, service):
+    self.service, self.port = service, _free_port()
+    self.server = uvicorn.Server(uvicorn.Config(serve.create_app(service), host="127.0.0.1",
+                                                port=self.port, log_level="error"))
+    self.thread = threading.Thread(target=self.server.run, daemon=True)
+    self.thread.start()
+    deadline = time.time() + 30
+    while not self.server.started:
+      assert time.time() < deadline, "server did not start"
+      time.sleep(0.05)
+
+  def get(self, path, headers=None):
+    """(status, headers, body bytes) of GET `path`, sent as is (no client normalisation)."""
+    conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
+    conn.request("GET", path, headers=headers or {})
+    response = conn.getresponse()
+    out = response.status, dict(response.getheaders()), response.read()
+    conn.close()
+    return out
+
+  def get_json(self, path):
+    status, _, body = self.get(path)
+    return status, json.loads(body)
+
+  def post(self, path, body: bytes, content_type="application/json"):
+    conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
+    conn.request("POST", path, body=body, headers={"Content-Type": content_type})
+    response = conn.getresponse()
+    out = response.status, json.loads(response.read())
+    conn.close()
+    return out
+
+  def stop(self):
+    self.server.should_exit = True
+    self.thread.join(timeout=30)
+    self.service.close()
+
+
+@pytest.fixture(scope="module")
+def files_server(indexes):
+  server = Server(service_lib.SearchService.from_index(indexes.files, max_batch=8,
+                                                       limits=service_lib.Limits(
+                                                           max_k=20, max_queries=8)))
+  yield server
+  server.stop()
+
+
+def _q(text, k):
+  return f"/api/search?q={urllib.parse.quote(text)}&k={k}"
+
+
+def _assert_same(a, b, atol=1e-5):
+  """Two result lists agree: scores by rank within atol (batches of another padded size
+  round differently), ids equal except where near-tied scores may swap."""
+  sa, sb = [r["score"] for r in a], [r["score"] for r in b]
+  np.testing.assert_allclose(sa, sb, atol=atol)
+  for i, (x, y) in enumerate(zip(a, b)):
+    if x["id"] != y["id"]:
+      tied = [r["id"] for r in a if abs(r["score"] - x["score"]) <= 2 * atol]
+      assert y["id"] in tied, (i, a, b)
+    assert (x["thumbnail"] is None) == (y["thumbnail"] is None)
+
+
+def _snapshot(directory):
+  return {name: (os.path.getsize(os.path.join(directory, name)),
+                 os.path.getmtime(os.path.join(directory, name)))
+          for name in sorted(os.listdir(directory))}
+
+
+def test_search_returns_the_searchers_ranking_with_thumbnails_and_playable_files(
+    indexes, files_server):
+  reference = TextSearcher.from_index(indexes.files)
+  num_videos = len(reference.ids)
+  for caption in indexes.captions[:3]:
+    status, body = files_server.get_json(_q(caption, 5))
+    assert status == 200 and body["query"] == caption and body["k"] == 5
+    expected = reference.search([caption], 5)[0]
+    assert [r["id"] for r in body["results"]] == [i for i, _ in expected]
+    np.testing.assert_allclose([r["score"] for r in body["results"]],
+                               [s for _, s in expected], atol=1e-5)
+    assert all(a["score"] >= b["score"] for a, b in zip(body["results"], body["results"][1:]))
+  top = body["results"][0]
+  assert top["thumbnail"] == f"/api/thumbnail/{top['id']}"
+  status, headers, jpeg = files_server.get(top["thumbnail"])
+  assert status == 200 and headers["content-type"] == "image/jpeg"
+  image = Image.open(io.BytesIO(jpeg))
+  assert image.size == (4 * 96, 96)            # 4 frames of the 8 the model embedded
+  assert top["video"] == f"/api/video/{top['id']}"
+  with open(os.path.join(indexes.videos, top["id"] + ".mp4"), "rb") as f:
+    source = f.read()
+  status, headers, body_bytes = files_server.get(top["video"])
+  assert status == 200 and body_bytes == source and headers["accept-ranges"] == "bytes"
+  status, headers, part = files_server.get(top["video"], {"Range": "bytes=100-199"})
+  assert status == 206 and part == source[100:200]
+  assert headers["content-range"] == f"bytes 100-199/{len(source)}"
+  status, health = files_server.get_json("/healthz")
+  assert status == 200 and health["videos"] == num_videos == health["thumbnails"]
+  assert health["source_files"] == num_videos and health["device"] == "cpu"
+  assert health["model"] == indexes.workdir and health["fingerprint"].startswith("sha256:")
+  status, schema = files_server.get_json("/openapi.json")
+  assert status == 200 and {"/api/search", "/healthz"} <= set(schema["paths"])
+  assert set(schema["paths"]["/api/search"]) == {"get", "post"}
+
+
+def test_post_answers_several_queries_like_get(indexes, files_server):
+  queries = indexes.captions[:3]
+  status, body = files_server.post("/api/search",
+                                   json.dumps({"queries": queries, "k": 4}).encode())
+  assert status == 200 and [r["query"] for r in body["results"]] == queries
+  for entry in body["results"]:
+    _assert_same(entry["results"], files_server.get_json(_q(entry["query"], 4))[1]["results"])
+
+
+BAD_GETS = [
+    ("/api/search?q=&k=3", 400, "the query is empty"),
+    ("/api/search?q=%20%20&k=3", 400, "the query is empty"),
+    ("/api/search?k=3", 422, "query.q"),
+    ("/api/search?q=" + "a" * 501, 400, "at most 500"),
+    ("/api/search?q=red&k=0", 400, "k must be an integer in [1, 20]"),
+    ("/api/search?q=red&k=21", 400, "k must be an integer in [1, 20]"),
+    ("/api/search?q=red&k=abc", 422, "query.k"),
+    ("/api/search?q=%FF%FEred&k=3", 400, "not valid UTF-8"),
+    ("/api/thumbnail/no_such_video", 404, "no thumbnail"),
+    ("/api/video/no_such_video", 404, "no source video"),
+    ("/api/thumbnail/..%2F..%2Fetc%2Fpasswd", 404, "Not Found"),
+    ("/api/video/%2Fetc%2Fpasswd", 404, "Not Found"),
+    ("/api/video/../../etc/passwd", 404, "Not Found"),
+    ("/api/video/%2e%2e%2f%2e%2e%2fetc%2fpasswd", 404, "Not Found"),
+    ("/static/../serve.py", 404, "Not Found"),
+    ("/static/index.html", 404, "no such file"),
+    ("/static/%2e%2e%2fserve.py", 404, "Not Found"),
+    ("/etc/passwd", 404, "Not Found"),
+]
+
+
+@pytest.mark.parametrize("path,status,message", BAD_GETS)
+def test_bad_requests_get_clear_json_errors(indexes, files_server, path, status, message):
+  before = _snapshot(indexes.files)
+  got, headers, body = files_server.get(path)
+  assert got == status and headers["content-type"] == "application/json"
+  assert message in json.loads(body)["error"]
+  assert files_server.get_json(_q(indexes.captions[0], 2))[0] == 200   # still serving
+  assert _snapshot(indexes.files) == before                            # read-only
+
+
+@pytest.mark.parametrize("body,status,message", [
+    (b'{"queries": ["red"', 422, "JSON decode error"),
+    (b'{"queries": ["\xff\xfe"], "k": 2}', 400, "error parsing the body"),
+    (b'{"queries": [], "k": 2}', 400, "no query given"),
+    (json.dumps({"queries": ["red"] * 9, "k": 2}).encode(), 400, "at most 8"),
+    (b'{"queries": ["red", 3], "k": 2}', 422, "queries.1"),
+    (b'{"queries": ["red", "  "], "k": 2}', 400, "query 1 is empty"),
+    (b'{"queries": ["red"], "k": 1000}', 400, "k must be"),
+])
+def test_bad_post_bodies(files_server, body, status, message):
+  got, answer = files_server.post("/api/search", body)
+  assert got == status and message in answer["error"]
+
+
+def test_concurrent_queries_share_device_calls(indexes, files_server):
+  captions = indexes.captions[:8]
+  expected = {c: files_server.get_json(_q(c, 3))[1]["results"] for c in captions}
+  before = files_server.get_json("/healthz")[1]
+
+  def client(i):
+    return [(c, files_server.get_json(_q(c, 3))[1]["results"])
+            for c in captions[i:] + captions[:i]]
+
+  with concurrent.futures.ThreadPoolExecutor(8) as pool:
+    answers = [a for part in pool.map(client, range(8)) for a in part]
+  for c, results in answers:
+    _assert_same(results, expected[c])
+  after = files_server.get_json("/healthz")[1]
+  requests = after["requests"] - before["requests"]
+  calls = after["device_calls"] - before["device_calls"]
+  assert requests == 64 and calls < requests, (requests, calls)
+
+
+def test_split_index_serves_thumbnails_without_files_and_old_indexes_serve(indexes, tmp_path):
+  server = Server(service_lib.SearchService.from_index(indexes.split, max_batch=4,
+                                                       limits=service_lib.Limits(
+                                                           max_queries=4)))
+  try:
+    _, body = server.get_json(_q(indexes.captions[0], 3))
+    assert all(r["video"] is None and r["thumbnail"] for r in body["results"])
+    assert server.get(body["results"][0]["thumbnail"])[0] == 200
+    assert server.get(f"/api/video/{body['results'][0]['id']}")[0] == 404
+    _, every = server.get_json(_q(indexes.captions[0], 50))   # k above the index size
+    assert len(every["results"]) == len(server.service.searcher.ids) == 8
+  finally:
+    server.stop()
+  old = str(tmp_path / "old")
+  shutil.copytree(indexes.split, old)
+  for name in ("thumbnails.bin", "thumbnails.npy", "sources.json"):
+    os.remove(os.path.join(old, name))           # as written before thumbnails existed
+  server = Server(service_lib.SearchService.from_index(old, max_batch=4,
+                                                       limits=service_lib.Limits(
+                                                           max_queries=4)))
+  try:
+    _, again = server.get_json(_q(indexes.captions[0], 3))
+    assert [r["id"] for r in again["results"]] == [r["id"] for r in body["results"]]
+    assert all(r["thumbnail"] is None and r["video"] is None for r in again["results"])
+    assert server.get_json("/healthz")[1]["thumbnails"] == 0
+  finally:
+    server.stop()
+
+
+def test_cli_refuses_bad_flags_and_indexes(tmp_path, capsys):
+  assert serve.main(["--index", str(tmp_path / "missing")]) == 2
+  assert "does not exist" in capsys.readouterr().err
+  with pytest.raises(SystemExit):
+    serve.main(["--index", str(tmp_path), "--port", "70000"])
+  assert "--port must be in [1, 65535]" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------- browser
+
+BROWSER_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                "--disable-component-update", "--disable-sync", "--no-first-run",
+                "--autoplay-policy=no-user-gesture-required"]
+
+
+def _browser_or_skip():
+  """Playwright's sync API and the OS's Chromium; skip locally (CI must have both)."""
+  missing = []
+  try:
+    from playwright.sync_api import sync_playwright  # pylint: disable=import-outside-toplevel
+  except ImportError:
+    missing.append("the playwright package")
+    sync_playwright = None
+  if not os.path.exists(CHROMIUM):
+    missing.append(f"Chromium at {CHROMIUM} (apt-get install chromium, or set "
+                   "PS_JAX_CHROMIUM)")
+  if missing:
+    if os.environ.get("CI"):
+      pytest.fail(f"CI must run the browser test; missing {', '.join(missing)}")
+    pytest.skip(f"no browser to drive: missing {', '.join(missing)}")
+  return sync_playwright
+
+
+def _start_cli_server(index):
+  """`python -m ps_jax.serve` as a user runs it; returns (process, base URL)."""
+  port = _free_port()
+  proc = subprocess.Popen([sys.executable, "-m", "ps_jax.serve", "--index", index,
+                           "--port", str(port)], cwd=REPO, stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, text=True)
+  base = f"http://127.0.0.1:{port}"
+  deadline = time.time() + 120
+  while True:
+    try:
+      with urllib.request.urlopen(base + "/healthz", timeout=2) as r:
+        if r.status == 200:
+          return proc, base
+    except (urllib.error.URLError, ConnectionError):
+      pass
+    if proc.poll() is not None or time.time() > deadline:
+      proc.kill()
+      raise AssertionError(f"ps_jax.serve did not start:\n{proc.stdout.read()}")
+    time.sleep(0.25)
+
+
+def test_page_in_headless_chromium(indexes, tmp_path):
+  sync_playwright = _browser_or_skip()
+  query = indexes.captions[0]
+  files_proc, files_url = _start_cli_server(indexes.files)
+  split_proc, split_url = _start_cli_server(indexes.split)
+  try:
+    with urllib.request.urlopen(f"{files_url}{_q(query, 16)}") as r:
+      api_ids = [x["id"] for x in json.load(r)["results"]]
+    with sync_playwright() as p:
+      browser = p.chromium.launch(executable_path=CHROMIUM, args=BROWSER_ARGS)
+      page = browser.new_page(viewport={"width": 1280, "height": 900})
+      page.goto(files_url + "/")
+      page.wait_for_selector("body[data-state=idle]")
+      page.fill("#q", query)
+      page.press("#q", "Enter")
+      page.wait_for_selector("body[data-state=done]", timeout=30000)
+      assert urllib.parse.parse_qs(urllib.parse.urlparse(page.url).query)["q"] == [query]
+      ids = page.eval_on_selector_all(".result", "els => els.map(e => e.dataset.id)")
+      assert ids == api_ids                            # the API's ranking, in order
+      page.wait_for_function(
+          "[...document.querySelectorAll('.result img')].every(i => i.complete)")
+      widths = page.eval_on_selector_all(".result img", "els => els.map(e => e.naturalWidth)")
+      srcs = page.eval_on_selector_all(".result img", "els => els.map(e => e.src)")
+      assert len(widths) == 16 and all(w == 4 * 96 for w in widths), widths
+      assert all("/api/thumbnail/" in s for s in srcs)
+      screenshot = os.environ.get("PS_JAX_SCREENSHOT") or str(tmp_path / "search_page.jpg")
+      page.screenshot(path=screenshot, type="jpeg", quality=80)
+      assert Image.open(screenshot).size == (1280, 900)
+      page.click(".result >> nth=0")
+      page.wait_for_function("document.getElementById('video').currentTime > 0.3",
+                             timeout=20000)
+      assert page.eval_on_selector("#video", "v => v.src").endswith(f"/api/video/{ids[0]}")
+      page.keyboard.press("Escape")
+      # A linked result page: the query comes from the URL; errors are shown.
+      page.goto(f"{files_url}/?q={urllib.parse.quote(query)}&k=8")
+      page.wait_for_selector("body[data-state=done]")
+      assert page.eval_on_selector_all(".result", "els => els.length") == 8
+      page.goto(f"{files_url}/?q={'x' * 501}")
+      page.wait_for_selector("body[data-state=error]")
+      assert "at most 500" in page.inner_text("#status")
+      # An index of stored frames: the click animates the thumbnail strip.
+      page.goto(f"{split_url}/?q={urllib.parse.quote(query)}")
+      page.wait_for_selector("body[data-state=done]")
+      page.click(".result >> nth=0")
+      seen = set()
+      deadline = time.time() + 10
+      while len(seen) < 3 and time.time() < deadline:
+        seen.add(page.eval_on_selector("#frames", "c => c.dataset.frame"))
+        time.sleep(0.1)
+      assert len(seen) >= 3, seen
+      browser.close()
+  finally:
+    for proc in (files_proc, split_proc):
+      proc.terminate()
+      proc.wait(timeout=30)
+
+
+def test_bench_serve_runs_end_to_end(indexes, capsys):
+  sys.path.insert(0, os.path.join(REPO, "benchmarks"))
+  import bench_serve  # pylint: disable=import-outside-toplevel
+
+  assert bench_serve.main(["--model", indexes.workdir, "--size", "2k", "--requests", "5",
+                           "--clients", "2", "--port", str(_free_port())]) == 0
+  out = capsys.readouterr().out
+  rows = [line for line in out.splitlines() if line.startswith("| ")]
+  assert rows[1].startswith("| 1 | 5 | ") and rows[2].startswith("| 2 | 10 | ")
+  assert "2000 videos x 32 dims" in out and "CLI (`python -m ps_jax.search`" in rows[3]
