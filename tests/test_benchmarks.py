@@ -247,7 +247,14 @@ def test_benchmark_runs_at_smallest_size(script, args, check):
   check(run_benchmark(script, args))
 
 
+# Smoke-tested where their fixtures are (a trained model): script -> (test file, test).
+ELSEWHERE = {"bench_serve.py": ("test_serve.py", "def test_bench_serve_runs_end_to_end(")}
+
+
 def test_every_benchmark_script_is_smoke_tested():
   scripts = {f for f in os.listdir(os.path.join(REPO, "benchmarks"))
              if f.startswith("bench_") and f.endswith(".py")}
-  assert scripts == {p.values[0] for p in BENCHMARKS}
+  assert scripts == {p.values[0] for p in BENCHMARKS} | set(ELSEWHERE)
+  for test_file, test in ELSEWHERE.values():
+    with open(os.path.join(REPO, "tests", test_file), encoding="utf-8") as f:
+      assert test in f.read(), (test_file, test)
