@@ -18,6 +18,7 @@ import numpy as np
 import safetensors.numpy
 
 from ps_jax import checkpoints, convert, reporting
+from ps_jax.models import layers as L
 from ps_jax.models.clip import ClipConfig, Compute, init_params
 from ps_jax.models.prompt_switch import PromptSwitch, PromptSwitchConfig
 
@@ -49,9 +50,22 @@ def dummy_inputs(model: PromptSwitch) -> tuple[jax.Array, jax.Array, jax.Array]:
   return ids, jnp.ones_like(ids), frames
 
 
-def init_model_params(model: PromptSwitch, rng: jax.Array) -> dict:
-  """Fresh float32 params for every parameter of `model` (DESIGN.md initialisation)."""
-  return init_params(model, rng, *dummy_inputs(model))
+def init_model_params(model: PromptSwitch, rng: jax.Array, qk_init_std: float = 0.0) -> dict:
+  """Fresh float32 params for every parameter of `model` (DESIGN.md initialisation).
+
+  qk_init_std > 0 draws the query and key projection kernels of both towers' encoder
+  layers from N(0, qk_init_std) instead of N(0, 0.02) (the same draws, rescaled).
+  """
+  params = init_params(model, rng, *dummy_inputs(model))
+  if qk_init_std:
+    params = jax.tree_util.tree_map(lambda x: x, params)  # a copy of the dicts
+    for tower in ("text_model", "vision_model"):
+      attention = params[tower]["encoder"]["layers"]["self_attn"]
+      for name in ("q_proj", "k_proj"):
+        kernel = attention[name]["kernel"]
+        attention[name] = {**attention[name],
+                           "kernel": kernel * (qk_init_std / L.DENSE_INIT_STD)}
+  return params
 
 
 def param_shapes(model: PromptSwitch) -> dict:

@@ -37,6 +37,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.aggregate = True
   c.model.num_captioner_layers = 2
   c.model.prompt_init_scale = 1.0  # x the official cube init std (D^-0.5 * 0.02)
+  c.model.qk_init_std = 0.0  # from scratch only: query/key kernels' init std (0: 0.02)
   c.model.dtype = "float32"
   c.model.remat_policy = "none"
   c.model.scan_unroll = 1

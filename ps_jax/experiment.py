@@ -64,6 +64,7 @@ _FIELD_CHECKS = (
      "(low, high) with 0 < low <= high"),
     ("data.group_size", lambda v: v >= 1, "positive"),
     ("model.prompt_init_scale", lambda v: v > 0, "> 0"),
+    ("model.qk_init_std", lambda v: v >= 0, ">= 0"),
     ("loss.caption_weight", lambda v: v >= 0, ">= 0"),
 )
 
@@ -125,6 +126,9 @@ def validate_config(config, num_devices: Optional[int] = None,
   if init and not os.path.exists(init):
     raise ConfigError(f"config.model.init_from={init!r} does not exist (a HF CLIP "
                       "directory, an official .pth checkpoint, or '' to train from scratch)")
+  if init and m.get("qk_init_std", 0.0):
+    raise ConfigError("config.model.qk_init_std applies to training from scratch; with "
+                      "config.model.init_from the query/key kernels are loaded: set it to 0")
   if config.optim.aggregation_group not in ("clip", "new"):
     raise ConfigError("config.optim.aggregation_group must be 'clip' or 'new', got "
                       f"{config.optim.aggregation_group!r}")
@@ -273,7 +277,8 @@ def initial_params(config, model, rng) -> dict:
   """Host params: HF / official weights (new parts freshly initialised) or scratch."""
   init = config.model.init_from
   if not init:
-    return jax.tree_util.tree_map(np.asarray, api.init_model_params(model, rng))
+    params = api.init_model_params(model, rng, config.model.get("qk_init_std", 0.0))
+    return jax.tree_util.tree_map(np.asarray, params)
   clip_config = None if os.path.isdir(init) else model.clip.to_hf_dict()
   _, params = api.load_model(init, clip_config=clip_config, rng=rng, **model_options(config))
   return params

@@ -26,7 +26,10 @@ REMAT_POLICIES = {
 ATTENTION_IMPLS = ("xla", "dot_product_attention")
 
 
-def dense_init(stddev: float = 0.02):
+DENSE_INIT_STD = 0.02  # every projection kernel's init std (CLIP's initializer_range)
+
+
+def dense_init(stddev: float = DENSE_INIT_STD):
   return nn.initializers.normal(stddev)
 
 
