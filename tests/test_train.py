@@ -79,6 +79,9 @@ def _assert_fsdp_shards(layout):
                                            "exist"),
     ({"mesh.data": 2, "mesh.fsdp": 2}, "config.mesh"),
     ({"select_on": "train"}, "config.select_on"),
+    ({"model.qk_init_std": -0.1}, "config.model.qk_init_std=-0.1 must be >= 0"),
+    ({"model.qk_init_std": 0.1, "model.init_from": "/"}, "config.model.qk_init_std applies "
+                                                         "to training from scratch"),
 ])
 def test_inconsistent_configs_fail_before_any_compute(overrides, match, tmp_path):
   """Each entry point of `ps_jax.main` (train, eval, index), called with the bad config:
