@@ -19,7 +19,8 @@ Every process decodes its slice of each global batch (threads), the batch is enc
 on the whole (data, fsdp) mesh, and process 0 writes the index (`ps_jax.index`): ids,
 L2-normalised embeddings (float16 by default), the model fingerprint and the metadata
 that `ps_jax.search` needs to embed text queries later (model path, tokenizer, caption
-length, frames, image size). A video that cannot be decoded is skipped and reported
+length, frames, image size), plus what `ps_jax.serve`'s page shows: a JPEG strip of 4
+of the frames each video was embedded from, and its source file (`--video_dir`). A video that cannot be decoded is skipped and reported
 (stderr and `INDEX/index_report.jsonl`); it never stops the run. `--append` adds the
 videos whose id is not in the index yet (re-run it when new files arrive) and refuses
 a model other than the one that built the index. On several hosts run the same command
