@@ -92,7 +92,7 @@ def create_app(service: service_lib.SearchService) -> fastapi.FastAPI:
   def result(hit: service_lib.Hit) -> dict:
     quoted = urllib.parse.quote(hit.id, safe="")
     return {"id": hit.id, "score": round(hit.score, 6),
-            "thumbnail": f"/api/thumbnail/{quoted}" if service.media.has_thumbnail(hit.row) else None,
+            "thumbnail": f"/api/thumbnail/{quoted}" if service.has_thumbnail(hit.row) else None,
             "video": f"/api/video/{quoted}" if service.video_file(hit.id) else None}
 
   async def run(texts: Sequence[str], k: int) -> list[list[dict]]:

@@ -166,7 +166,7 @@ class SearchService:
       batch = self._take_batch(first)
       try:
         texts = [t for r in batch for t in r.texts]
-        scores, rows = self.searcher.searcher.search(self.searcher.embed(texts), self.max_k)
+        scores, rows = self._top(texts)
       except Exception as e:  # pylint: disable=broad-except  # reported to every caller
         for r in batch:
           r.future.set_exception(e)
@@ -183,13 +183,16 @@ class SearchService:
         start += len(r.texts)
         r.future.set_result(hits)
 
+  def _top(self, texts: list):
+    """One device call: (scores float32[Q, max_k], rows int32[Q, max_k])."""
+    return self.searcher.searcher.search(self.searcher.embed(texts), self.max_k)
+
   def warm_up(self) -> float:
     """Compiles every padded batch shape (powers of two up to max_batch), before any
     request is taken; returns the seconds it took."""
     start, n = time.perf_counter(), 1
     while True:
-      texts = ["warm up"] * n
-      self.searcher.searcher.search(self.searcher.embed(texts), self.max_k)
+      self._top(["warm up"] * n)
       if n >= self.max_batch:
         return time.perf_counter() - start
       n = min(2 * n, self.max_batch)
@@ -201,8 +204,8 @@ class SearchService:
 
   # ---------------------------------------------------------------------------- media
 
-  def row(self, video_id: str) -> Optional[int]:
-    return self._rows.get(video_id)
+  def has_thumbnail(self, row: int) -> bool:
+    return self.media.has_thumbnail(row)
 
   def thumbnail(self, video_id: str) -> Optional[bytes]:
     """The video's JPEG strip; None for an unknown id or a video without one."""
@@ -220,8 +223,3 @@ class SearchService:
       stats = dict(self._stats)
     return {"status": "ok", **self.info, "max_k": self.limits.max_k, "max_batch": self.max_batch,
             **stats}
-
-
-def as_json(hits: Sequence[Hit]) -> list[dict]:
-  """Hits as JSON-able dicts (id, score rounded to 6 digits, row)."""
-  return [{"id": h.id, "score": round(h.score, 6), "row": h.row} for h in hits]
