@@ -13,7 +13,7 @@ Layer: foundation (optax only).
 from __future__ import annotations
 
 import math
-from typing import Any, Mapping, NamedTuple
+from typing import Any, Callable, Mapping, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -223,6 +223,92 @@ def make_schedules(cfg: Mapping, total_steps: int) -> dict[str, optax.Schedule]:
           for k, v in peaks.items()}
 
 
+class FusedAdamW(NamedTuple):
+  """The official chain (clip -> per-group AdamW) with a single-pass `step`.
+
+  `init` and `update` are the optax chain's, so the state is the chain's state tree
+  (checkpoints, shardings and the unfused path all read it); `step(grads, state,
+  params) -> (params, state)` computes the same new params and state, bit for bit,
+  with one element-wise function per leaf that reads p, g, mu, nu once and writes p,
+  mu, nu (XLA fuses it into one loop per output instead of optax's separate moment,
+  update and apply passes).
+  """
+  init: Callable
+  update: Callable
+  step: Callable
+
+
+def apply_step(tx, grads: Any, opt_state: Any, params: Any) -> tuple[Any, Any]:
+  """(new params, new state) of one optimizer update: `tx.step` when `tx` is a
+  `FusedAdamW`, else `tx.update` followed by `optax.apply_updates`."""
+  if isinstance(tx, FusedAdamW):
+    return tx.step(grads, opt_state, params)
+  updates, opt_state = tx.update(grads, opt_state, params)
+  return optax.apply_updates(params, updates), opt_state
+
+
+def _is_masked(x) -> bool:
+  return isinstance(x, optax.MaskedNode)
+
+
+def fused_official_step(cfg: Mapping, schedules: Mapping[str, optax.Schedule]) -> Callable:
+  """The chain of `make_optimizer` ("official" AdamW) as one pass per leaf.
+
+  Same arithmetic in the same order as torch_clip_by_global_norm -> official_adamw ->
+  optax.apply_updates: g' = g * min(max_norm / (|g| + 1e-6), 1); the moments; the
+  update of `_official_leaf_update`; p + update. Each leaf takes the learning rate,
+  step count and moments of its group (the group whose masked moment tree holds it).
+
+  Returns:
+    step(grads, state, params) -> (params, state), state as `make_optimizer`'s tx.init.
+  """
+  b1, b2, eps, wd, max_norm = (cfg["b1"], cfg["b2"], cfg["eps"], cfg["weight_decay"],
+                               cfg["grad_clip"])
+
+  def step(grads, state, params):
+    clip_state, part = state
+    p_leaves, treedef = jax.tree_util.tree_flatten(params)
+    g_leaves = treedef.flatten_up_to(grads)
+    coef = None
+    if max_norm:
+      coef = jnp.minimum(max_norm / (optax.global_norm(grads) + TORCH_CLIP_EPS), 1.0)
+    groups = {}
+    for name, masked in part.inner_states.items():
+      inner = masked.inner_state
+      lr = jnp.asarray(schedules[name](inner.count))
+      t = optax.safe_int32_increment(inner.count)
+      groups[name] = dict(
+          step_size=lr * _bias_factor(b1, b2, t.astype(lr.dtype)), decay=lr * wd, count=t,
+          mu=jax.tree_util.tree_leaves(inner.mu, is_leaf=_is_masked),
+          nu=jax.tree_util.tree_leaves(inner.nu, is_leaf=_is_masked))
+    new_p = []
+    for i, (p, g) in enumerate(zip(p_leaves, g_leaves)):
+      owner = [gr for gr in groups.values() if not _is_masked(gr["mu"][i])]
+      if len(owner) != 1:
+        raise ValueError(f"parameter leaf {i} belongs to {len(owner)} optimizer groups")
+      gr = owner[0]
+      if coef is not None:
+        g = (g * coef).astype(g.dtype)
+      m, v = gr["mu"][i], gr["nu"][i]
+      m = b1 * m + (1.0 - b1) * g.astype(m.dtype)
+      v = b2 * v + (1.0 - b2) * jnp.square(g.astype(v.dtype))
+      update = _official_leaf_update(p, m, v, gr["step_size"], gr["decay"], eps)
+      new_p.append(jnp.asarray(p + update).astype(p.dtype))
+      gr["mu"][i], gr["nu"][i] = m, v
+    inner_states = {}
+    for name, masked in part.inner_states.items():
+      inner, gr = masked.inner_state, groups[name]
+      unflatten = lambda tree, leaves: jax.tree_util.tree_structure(
+          tree, is_leaf=_is_masked).unflatten(leaves)
+      inner_states[name] = masked._replace(inner_state=inner._replace(
+          count=gr["count"], mu=unflatten(inner.mu, gr["mu"]),
+          nu=unflatten(inner.nu, gr["nu"])))
+    return (treedef.unflatten(new_p),
+            (clip_state, part._replace(inner_states=inner_states)))
+
+  return step
+
+
 def make_optimizer(cfg: Mapping, total_steps: int) -> tuple[optax.GradientTransformation,
                                                              dict[str, optax.Schedule]]:
   """config.optim -> (optax transformation, {"clip": lr schedule, "new": lr schedule}).
@@ -230,7 +316,9 @@ def make_optimizer(cfg: Mapping, total_steps: int) -> tuple[optax.GradientTransf
   Global-norm clipping (skipped when `grad_clip` is 0), then AdamW (decoupled weight decay
   on all parameters) with one learning rate per group. `cfg["adamw"]` chooses between the
   official recipe (torch clip, transformers AdamW, transformers schedule) and the earlier
-  optax one (optax.clip_by_global_norm, optax.adamw, `optax_cosine_schedule`).
+  optax one (optax.clip_by_global_norm, optax.adamw, `optax_cosine_schedule`). The
+  official recipe comes as a `FusedAdamW` (same init/update, plus the single-pass
+  `step` that `apply_step` uses) unless `cfg["fused"]` is False.
 
   Raises:
     ValueError: for an unknown `cfg["adamw"]`.
@@ -248,6 +336,8 @@ def make_optimizer(cfg: Mapping, total_steps: int) -> tuple[optax.GradientTransf
       clip(cfg["grad_clip"]) if cfg["grad_clip"] else optax.identity(),
       optax.multi_transform({k: group_tx(s) for k, s in schedules.items()},
                             lambda p: param_labels(p, cfg.get("aggregation_group", "clip"))))
+  if official and cfg.get("fused", True):
+    tx = FusedAdamW(tx.init, tx.update, fused_official_step(cfg, schedules))
   return tx, schedules
 
 

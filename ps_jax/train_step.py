@@ -171,8 +171,8 @@ def train_step(state: State, batch: Mapping[str, Array], *, model, tx: optax.Gra
   """
   loss, grads, metrics = compute_grads(state["params"], batch, model, lc, grad_accum_steps,
                                        grad_shardings)
-  updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
-  params = optim.clamp_logit_scale(optax.apply_updates(state["params"], updates))
+  params, opt_state = optim.apply_step(tx, grads, state["opt_state"], state["params"])
+  params = optim.clamp_logit_scale(params)
   rng, _ = jax.random.split(state["rng"])
   new = {"step": state["step"] + 1, "params": params, "opt_state": opt_state, "rng": rng}
   if "ema_params" in state:

@@ -231,3 +231,42 @@ def test_the_default_config_uses_the_official_recipe():
 def test_an_unknown_adamw_variant_is_refused():
   with pytest.raises(ValueError, match=r"config\.optim\.adamw"):
     optim.make_optimizer({**HP, "adamw": "torch"}, 10)
+
+
+@pytest.mark.parametrize("overrides", [{}, {"aggregation_group": "new"}, {"grad_clip": 0.0}])
+def test_the_fused_step_equals_the_optax_chain_bit_for_bit(overrides):
+  """`FusedAdamW.step` (the train step's path) against tx.update + apply_updates: the
+  same params and the same state tree, exactly, over steps with and without clipping."""
+  params, grads = _problem(seed=3)
+  cfg = {**HP, **overrides}
+  fused, _ = optim.make_optimizer(cfg, TOTAL)
+  chain, _ = optim.make_optimizer({**cfg, "fused": False}, TOTAL)
+  assert isinstance(fused, optim.FusedAdamW) and not isinstance(chain, optim.FusedAdamW)
+  p0 = _nest({k: jnp.asarray(v, jnp.float32) for k, v in params.items()})
+  runs = []
+  for tx in (fused, chain):
+    p, state = p0, tx.init(p0)
+    step = jax.jit(lambda g, s, p, tx=tx: optim.apply_step(tx, g, s, p))
+    for g in grads:
+      p, state = step(_nest({k: jnp.asarray(v, jnp.float32) for k, v in g.items()}), state, p)
+    runs.append((p, state))
+  (pf, sf), (pc, sc) = runs
+  assert jax.tree_util.tree_structure(sf) == jax.tree_util.tree_structure(sc)
+  for a, b in zip(jax.tree_util.tree_leaves((pf, sf)), jax.tree_util.tree_leaves((pc, sc))):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  assert not np.allclose(np.asarray(_flat(pf)["vision_model/prompt"]), params["vision_model/prompt"])
+
+
+def test_the_fused_step_matches_the_torch_recipe_in_float64():
+  """The path training takes (FusedAdamW.step) against the independent transcription."""
+  params, grads, ref = _reference()
+  tx, _ = optim.make_optimizer(HP, TOTAL)
+  assert isinstance(tx, optim.FusedAdamW)
+  with jax.enable_x64(True):
+    p = _nest({k: jnp.asarray(v, jnp.float64) for k, v in params.items()})
+    state = tx.init(p)
+    step = jax.jit(lambda g, s, p: optim.apply_step(tx, g, s, p))
+    for g in grads:
+      p, state = step(_nest({k: jnp.asarray(v, jnp.float64) for k, v in g.items()}), state, p)
+    got = {k: np.asarray(v, np.float64) for k, v in _flat(p).items()}
+  assert _max_rel_displacement_error(got, ref, params) < X64_RTOL
