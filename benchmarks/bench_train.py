@@ -32,6 +32,9 @@ Each step blocks on its metrics (a loop that logs every step); with prefetching 
 next batch's `jax.device_put` is issued while the step runs, without it the transfer
 happens between steps.
 
+`--batch 0` picks the largest multiple of 8 videos whose step fits `--fill_fraction`
+of the device's memory (XLA's memory plan of the base variant, compiled from shapes).
+
 Base options (each a command-line flag): --dtype float32|bfloat16 (params and optimizer
 state stay float32), --attention_impl xla|dot_product_attention, --remat_policy,
 --scan_unroll (0 = every layer), --donate / --no_donate, --normalize device|host,
@@ -315,10 +318,12 @@ def make_host_batches(clip: ClipConfig, batch: int, frames: int, text_len: int,
 class TrainVariant:
   """One compiled, sharded train step of ps_jax with its options."""
 
-  def __init__(self, opts: Options, clip: ClipConfig, mesh, host_batches, text_len: int):
+  def __init__(self, opts: Options, clip: ClipConfig, mesh, host_batches, text_len: int,
+               **model_overrides):
     self.opts = opts
     self.mesh = mesh
-    self.model = api.build_model(clip, num_prompts=opts.num_prompts, **opts.compute())
+    self.model = api.build_model(clip, num_prompts=opts.num_prompts, **opts.compute(),
+                                 **model_overrides)
     self.tx, self.schedules = optim.make_optimizer(OPTIM, 1000)
     vocab = clip.text.vocab_size
     self.lc = ts.LossConfig(jnp.ones(vocab, jnp.float32), vocab - 1)
@@ -401,6 +406,56 @@ class TrainVariant:
         jax.block_until_ready(metrics)
     jax.block_until_ready(state)
     return state, (time.perf_counter() - t0) / steps
+
+
+def step_memory_bytes(opts: Options, clip: ClipConfig, mesh, batch: int, frames: int,
+                      text_len: int) -> int:
+  """Bytes of XLA's memory plan for the train step at `batch` videos (compiled from
+  abstract state: nothing is allocated but one batch of host frames)."""
+  tv = TrainVariant(opts, clip, mesh, make_host_batches(clip, batch, frames, text_len, 1),
+                    text_len)
+  abstract = jax.eval_shape(lambda: create_state(api.param_shapes(tv.model), tv.tx,
+                                                 jax.random.PRNGKey(0), False))
+  abstract = jax.tree_util.tree_map(
+      lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), abstract,
+      tv.state_sharding)
+  with precision(opts.dtype):
+    m = tv.jitted().lower(abstract, tv.put(0)).compile().memory_analysis()
+  return (m.argument_size_in_bytes + m.output_size_in_bytes + m.temp_size_in_bytes
+          - m.alias_size_in_bytes)
+
+
+def device_memory_bytes(device) -> int:
+  """The memory XLA may use on `device` (the host's physical memory for a CPU)."""
+  stats = device.memory_stats() if hasattr(device, "memory_stats") else None
+  if stats and stats.get("bytes_limit"):
+    return int(stats["bytes_limit"])
+  return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def fill_batch(opts: Options, clip: ClipConfig, mesh, frames: int, text_len: int,
+               fraction: float, max_batch: int, multiple: int = 8) -> int:
+  """The largest batch (a multiple of `multiple`, at most `max_batch`) whose train step
+  fits `fraction` of the first device's memory, per XLA's memory plan.
+
+  The plan at `multiple` and 2 * `multiple` videos gives fixed and per-video bytes; the
+  extrapolated batch is then compiled and shrunk by 10% until its own plan fits.
+  """
+  limit = fraction * device_memory_bytes(mesh.devices.flat[0]) * mesh.devices.size
+  small = step_memory_bytes(opts, clip, mesh, multiple, frames, text_len)
+  per_video = (step_memory_bytes(opts, clip, mesh, 2 * multiple, frames, text_len)
+               - small) / multiple
+  fixed = small - multiple * per_video
+  batch = int((limit - fixed) / max(per_video, 1.0)) // multiple * multiple
+  batch = max(multiple, min(batch, max_batch // multiple * multiple))
+  while batch > multiple:
+    need = step_memory_bytes(opts, clip, mesh, batch, frames, text_len)
+    print(f"fill: batch {batch} plans {need / 2**30:.1f} GiB of {limit / 2**30:.1f} GiB",
+          flush=True)
+    if need <= limit:
+      break
+    batch = max(multiple, int(batch * 0.9) // multiple * multiple)
+  return batch
 
 
 class EvalVariant:
@@ -557,7 +612,11 @@ def parse_args(argv=None):
                               formatter_class=argparse.RawDescriptionHelpFormatter)
   p.add_argument("--model", default="vitb32", choices=sorted(MODELS))
   p.add_argument("--frames", type=int, default=6, help="F frames per video")
-  p.add_argument("--batch", type=int, default=2, help="B videos (and captions) per step")
+  p.add_argument("--batch", type=int, default=2, help="B videos (and captions) per step; "
+                 "0: the largest multiple of 8 whose step fits --fill_fraction of the "
+                 "device memory (XLA's memory plan of the base variant)")
+  p.add_argument("--fill_fraction", type=float, default=0.9)
+  p.add_argument("--max_batch", type=int, default=1024, help="cap of --batch 0")
   p.add_argument("--image_size", type=int, default=0, help="0: the model's (224, tiny 32)")
   p.add_argument("--num_prompts", type=int, default=6, help="P (0: plain CLIP)")
   p.add_argument("--text_len", type=int, default=77, help="L caption tokens (padded)")
@@ -642,6 +701,9 @@ def main(argv=None) -> None:
     variants += [dataclasses.replace(v, num_prompts=0) for v in list(variants)
                  if v == dataclasses.replace(base, dtype=v.dtype)]
 
+  if args.batch == 0:
+    args.batch = fill_batch(base, clip, mesh, args.frames, args.text_len,
+                            args.fill_fraction, args.max_batch)
   b, f = args.batch, args.frames
   print(f"device: {dev.platform} {dev.device_kind} x{len(devices)}, jax {jax.__version__}, "
         f"{os.cpu_count()} host CPUs, load average {os.getloadavg()[0]:.1f}")

@@ -208,6 +208,114 @@ def check_vision(out: str) -> None:
     positive(r["frames/s"])
 
 
+def check_official(out: str) -> None:
+  loss = re.search(r"loss at the shared weights \(float32\): official ([-\d.]+), ps_jax "
+                   r"([-\d.]+), \|diff\| ([-\d.e+]+)", out)
+  assert loss, out
+  assert float(loss.group(3)) < 1e-4, loss.group(0)
+  rows = markdown_table(out, "### Train step: official PromptCLIP vs ps_jax")
+  assert [r["row"] for r in rows] == [
+      "official, float32", "official, torch.autocast(bfloat16)",
+      "ps_jax, float32, scan_unroll=1", "ps_jax, bfloat16, unrolled"]
+  for r in rows:
+    positive(r["s/step (min-max)"])
+    positive(r["vs official float32"])
+    positive(r["vs official autocast"])
+  assert rows[0]["vs official float32"] == "1.00x"
+  assert rows[1]["vs official autocast"] == "1.00x"
+
+
+# A stand-in for a checkout of the official repository, for the smoke run only: the
+# two modules bench_official.py imports, with the official names and interfaces
+# (PromptCLIP built through CLIPConfig/CLIPModel.from_pretrained, clip_params /
+# noclip_params, the forward's output keys), built on tests/torch_prompt_switch.py.
+STAND_IN_PROMPT_CLIP = """
+import sys
+sys.path.insert(0, {tests!r})
+import transformers
+from torch_prompt_switch import TorchPromptSwitch
+
+CLIPConfig = transformers.CLIPConfig
+CLIPModel = transformers.CLIPModel
+
+
+class PromptCLIP(TorchPromptSwitch):
+  def __init__(self, config):
+    hf = CLIPConfig.from_pretrained("openai/clip-vit-base-patch32")
+    super().__init__(hf, config.num_prompts, config.num_captioner_layers, config.num_frames)
+    fresh = CLIPModel.from_pretrained("openai/clip-vit-base-patch32", config=hf)
+    fresh.vision_model.encoder.prompt_embedding = self.clip.vision_model.encoder.prompt_embedding
+    fresh.vision_model.attn = self.clip.vision_model.attn
+    self.clip = fresh
+    new = ("prompt", "caption", "attn")
+    self.clip_params = [p for n, p in self.named_parameters() if not any(k in n for k in new)]
+    self.noclip_params = [p for n, p in self.named_parameters() if any(k in n for k in new)]
+
+  def forward(self, data):
+    ids, mask = data["text"]["input_ids"], data["text"]["attention_mask"]
+    _, video = self.encode_video(data["video"])
+    return {{"text_features": self.encode_text(ids, mask), "video_features_pooled": video,
+            "pred_logits": self.caption_logits(ids, data["video"]), "input_ids": ids}}
+"""
+STAND_IN_METRICS = """
+def sim_matrix_training(text, video, pooling_type):
+  text = text / text.norm(dim=-1, keepdim=True)
+  video = video / video.norm(dim=-1, keepdim=True)
+  return text @ video.t()
+"""
+
+
+def test_bench_official_runs_against_a_stand_in_checkout(tmp_path):
+  for rel, text in (("model/prompt_clip.py", STAND_IN_PROMPT_CLIP.format(
+      tests=os.path.dirname(os.path.abspath(__file__)))),
+                    ("modules/metrics.py", STAND_IN_METRICS)):
+    (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+    (tmp_path / rel).write_text(text, encoding="utf-8")
+  check_official(run_benchmark("bench_official.py", [
+      "--official_src", str(tmp_path), "--model", "tiny", "--batch", "2", "--frames", "4",
+      "--num_prompts", "4", "--text_len", "8", "--caption", "--rounds", "1",
+      "--steps", "1"]))
+
+
+@pytest.mark.skipif(not os.environ.get("PS_JAX_OFFICIAL_SRC"),
+                    reason="set PS_JAX_OFFICIAL_SRC to a checkout of the official code")
+def test_bench_official_runs_against_the_official_code():
+  check_official(run_benchmark("bench_official.py", [
+      "--official_src", os.environ["PS_JAX_OFFICIAL_SRC"], "--model", "tiny", "--batch",
+      "2", "--frames", "4", "--num_prompts", "4", "--text_len", "8", "--rounds", "1",
+      "--steps", "1"]))
+
+
+def test_bench_official_names_a_wrong_checkout(tmp_path):
+  proc = subprocess.run([sys.executable, "benchmarks/bench_official.py", "--official_src",
+                         str(tmp_path), "--model", "tiny"], cwd=REPO, capture_output=True,
+                        text=True, timeout=TIMEOUT_S, check=False)
+  assert proc.returncode != 0
+  assert "model.prompt_clip" in proc.stderr and str(tmp_path) in proc.stderr, proc.stderr
+  assert "Traceback" not in proc.stderr
+
+
+def test_gpu_check_dry_run_starts_and_prints_the_goal_line(tmp_path):
+  """benchmarks/gpu_check.sh --dry: every step of the GPU check, on the CPU, tiny."""
+  env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHON": sys.executable,
+         "XLA_FLAGS": "--xla_backend_optimization_level=0"}
+  proc = subprocess.run(["bash", "benchmarks/gpu_check.sh", "--dry", "--out", str(tmp_path)],
+                        cwd=REPO, env=env, capture_output=True, text=True,
+                        timeout=TIMEOUT_S, check=False)
+  assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+  assert "tests collected" in (tmp_path / "tests.log").read_text(encoding="utf-8")
+  fill = (tmp_path / "fill.md").read_text(encoding="utf-8")
+  assert re.search(r"fill: batch \d+ plans", fill), fill
+  rows = markdown_table(fill, "### Train step")
+  assert rows[0]["variant"] == "base" and positive(rows[0]["MFU"])
+  rows = markdown_table((tmp_path / "vs_torch.md").read_text(encoding="utf-8"),
+                        "### Train step")
+  assert any(r["variant"].startswith("PyTorch CLIPModel (eager, fp32") for r in rows)
+  assert any("autocast bfloat16" in r["variant"] for r in rows)
+  assert re.search(r"goal \(MFU >= 45%, >= 4x PyTorch float32\): (met|NOT met)",
+                   proc.stdout), proc.stdout[-2000:]
+
+
 BENCHMARKS = [
     pytest.param("bench_index.py",
                  ["--max_videos", "2", "--batch_size", "2", "--num_workers", "1",
@@ -248,7 +356,9 @@ def test_benchmark_runs_at_smallest_size(script, args, check):
 
 
 # Smoke-tested where their fixtures are (a trained model): script -> (test file, test).
-ELSEWHERE = {"bench_serve.py": ("test_serve.py", "def test_bench_serve_runs_end_to_end(")}
+ELSEWHERE = {"bench_serve.py": ("test_serve.py", "def test_bench_serve_runs_end_to_end("),
+             "bench_official.py": ("test_benchmarks.py",
+                                   "def test_bench_official_runs_against_a_stand_in_checkout(")}
 
 
 def test_every_benchmark_script_is_smoke_tested():
