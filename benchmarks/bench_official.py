@@ -22,7 +22,9 @@ official two learning-rate groups, logit-scale clamp):
   - official, forward under `torch.autocast("cpu"/"cuda", bfloat16)`;
   - ps_jax, float32 compute (`--f32_unroll`, default the rolled scan);
   - ps_jax, bfloat16 compute, float32 params and optimizer state (`--bf16_unroll`,
-    default every layer unrolled).
+    default every layer unrolled);
+  - with `--unfused_rows`, both ps_jax rows again with optax's chain AdamW (moments,
+    update and apply as separate passes) instead of the fused single-pass step.
 The loss is the official contrastive loss (`--caption` adds the caption head and its
 loss on both sides). The official trainer steps `transformers.optimization.AdamW`,
 which transformers 5 no longer has; the official rows use it when it exists and
@@ -54,7 +56,7 @@ import jax
 import numpy as np
 
 import bench_train as bt
-from ps_jax import api, runtime, sharding
+from ps_jax import api, optim, runtime, sharding
 from ps_jax import train_step as ts
 from ps_jax.data.transforms import normalize_frames
 
@@ -175,9 +177,11 @@ class JaxStep(bt.TrainVariant):
   """ps_jax's jitted train step with params loaded from the official checkpoint."""
 
   def __init__(self, opts: bt.Options, clip, mesh, host_batches, text_len: int,
-               captioner_layers: int, pth: str):
+               captioner_layers: int, pth: str, fused: bool = True):
     super().__init__(opts, clip, mesh, host_batches, text_len,
                      num_captioner_layers=captioner_layers)
+    if not fused:  # optax's chain: moments, update and apply as separate passes
+      self.tx, self.schedules = optim.make_optimizer({**bt.OPTIM, "fused": False}, 1000)
     _, self.loaded = api.load_model(pth, clip_config=clip.to_hf_dict(),
                                     num_prompts=opts.num_prompts,
                                     num_captioner_layers=captioner_layers, **opts.compute())
@@ -212,6 +216,8 @@ def parse_args(argv=None):
                  "(0: every layer)")
   p.add_argument("--bf16_unroll", type=int, default=0, help="ps_jax bfloat16 scan_unroll "
                  "(0: every layer)")
+  p.add_argument("--unfused_rows", action="store_true",
+                 help="also time ps_jax with optax's chain AdamW instead of the fused step")
   p.add_argument("--torch_adamw", default="official",
                  choices=["official", "default", "foreach", "fused"],
                  help="official: transformers' AdamW when installed, else torch's default")
@@ -258,11 +264,14 @@ def main(argv=None) -> None:
     pth = os.path.join(tmp, "official.pth")
     torch.save({"state_dict": state_dict}, pth)
     jax_rows = {}
-    for dtype, unroll in (("float32", args.f32_unroll), ("bfloat16", args.bf16_unroll)):
-      unroll = unroll or full
-      opts = bt.Options(dtype=dtype, scan_unroll=unroll, num_prompts=args.num_prompts)
-      name = f"ps_jax, {dtype}, {'unrolled' if unroll >= full else f'scan_unroll={unroll}'}"
-      jax_rows[name] = JaxStep(opts, clip, mesh, host_batches, args.text_len, layers, pth)
+    for fused in (True, False) if args.unfused_rows else (True,):
+      for dtype, unroll in (("float32", args.f32_unroll), ("bfloat16", args.bf16_unroll)):
+        unroll = unroll or full
+        opts = bt.Options(dtype=dtype, scan_unroll=unroll, num_prompts=args.num_prompts)
+        name = (f"ps_jax, {dtype}, {'unrolled' if unroll >= full else f'scan_unroll={unroll}'}"
+                + ("" if fused else ", optax-chain AdamW"))
+        jax_rows[name] = JaxStep(opts, clip, mesh, host_batches, args.text_len, layers, pth,
+                                 fused)
   state = next(iter(jax_rows.values())).init_state()  # one state: same param structure
 
   ref = rows["official, float32"].loss().item()

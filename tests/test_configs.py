@@ -51,3 +51,16 @@ def test_crop_ranges_are_checked(field, value, message):
   with pytest.raises(experiment.ConfigError) as err:
     experiment.validate_config(config, num_devices=1, num_processes=1)
   assert message in str(err.value)
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: os.path.basename(p))
+def test_training_configs_compute_in_bfloat16_unless_they_say_why_not(path):
+  """bfloat16 compute (float32 params and optimizer state) with every ViT-B layer
+  unrolled is the default; the demo family pins float32 (its seed table's precision)."""
+  config = load_config_file(path)
+  if os.path.basename(path).startswith("demo"):
+    assert (config.model.dtype, config.model.scan_unroll) == ("float32", 1)
+  else:
+    assert config.model.dtype == "bfloat16"
+    assert config.model.scan_unroll == config.model.clip.vision.num_hidden_layers == 12
+  assert config.optim.fused and config.optim.adamw == "official"
