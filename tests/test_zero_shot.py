@@ -72,7 +72,9 @@ def _run_eval(workdir, data_dir, *overrides):
       [sys.executable, "-m", "ps_jax.main", "--config", "configs/msvd_vitb32.py",
        "--mode", "eval", "--workdir", str(workdir), f"--config.data.dir={data_dir}",
        "--config.data.image_size=32", f"--config.data.max_len={MAX_LEN}",
-       "--config.eval_batch_size=2", "--config.data.eval_worker_count=0", *overrides],
+       "--config.eval_batch_size=2", "--config.data.eval_worker_count=0",
+       # float32 compute: these runs are compared with transformers' float32 CLIP to 1e-6.
+       "--config.model.dtype=float32", *overrides],
       cwd=REPO, capture_output=True, text=True, timeout=600, check=False)
 
 
