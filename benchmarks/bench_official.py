@@ -24,7 +24,9 @@ official two learning-rate groups, logit-scale clamp):
   - ps_jax, bfloat16 compute, float32 params and optimizer state (`--bf16_unroll`,
     default every layer unrolled);
   - with `--unfused_rows`, both ps_jax rows again with optax's chain AdamW (moments,
-    update and apply as separate passes) instead of the fused single-pass step.
+    update and apply as separate passes) instead of the fused single-pass step;
+  - with `--conv_rows`, both again with the patch embedding as a strided convolution
+    instead of ps_jax's default, flattened patches @ kernel.
 The loss is the official contrastive loss (`--caption` adds the caption head and its
 loss on both sides). The official trainer steps `transformers.optimization.AdamW`,
 which transformers 5 no longer has; the official rows use it when it exists and
@@ -218,6 +220,9 @@ def parse_args(argv=None):
                  "(0: every layer)")
   p.add_argument("--unfused_rows", action="store_true",
                  help="also time ps_jax with optax's chain AdamW instead of the fused step")
+  p.add_argument("--conv_rows", action="store_true",
+                 help="also time ps_jax with the patch embedding as a strided convolution "
+                      "(the official form) instead of a matmul")
   p.add_argument("--torch_adamw", default="official",
                  choices=["official", "default", "foreach", "fused"],
                  help="official: transformers' AdamW when installed, else torch's default")
@@ -264,12 +269,18 @@ def main(argv=None) -> None:
     pth = os.path.join(tmp, "official.pth")
     torch.save({"state_dict": state_dict}, pth)
     jax_rows = {}
-    for fused in (True, False) if args.unfused_rows else (True,):
+    kinds = [(True, "matmul", "")]
+    if args.unfused_rows:
+      kinds.append((False, "matmul", ", optax-chain AdamW"))
+    if args.conv_rows:
+      kinds.append((True, "conv", ", patch embedding as a convolution"))
+    for fused, patch_embed, suffix in kinds:
       for dtype, unroll in (("float32", args.f32_unroll), ("bfloat16", args.bf16_unroll)):
         unroll = unroll or full
-        opts = bt.Options(dtype=dtype, scan_unroll=unroll, num_prompts=args.num_prompts)
+        opts = bt.Options(dtype=dtype, scan_unroll=unroll, num_prompts=args.num_prompts,
+                          patch_embed=patch_embed)
         name = (f"ps_jax, {dtype}, {'unrolled' if unroll >= full else f'scan_unroll={unroll}'}"
-                + ("" if fused else ", optax-chain AdamW"))
+                + suffix)
         jax_rows[name] = JaxStep(opts, clip, mesh, host_batches, args.text_len, layers, pth,
                                  fused)
   state = next(iter(jax_rows.values())).init_state()  # one state: same param structure

@@ -36,7 +36,8 @@ happens between steps.
 of the device's memory (XLA's memory plan of the base variant, compiled from shapes).
 
 Base options (each a command-line flag): --dtype float32|bfloat16 (params and optimizer
-state stay float32), --attention_impl xla|dot_product_attention, --remat_policy,
+state stay float32), --attention_impl xla|dot_product_attention, --patch_embed
+matmul|conv, --remat_policy,
 --scan_unroll (0 = every layer), --donate / --no_donate, --normalize device|host,
 --prefetch / --no_prefetch; --variant adds rows with other combinations. Host memory:
 by default glibc malloc keeps freed memory (`ps_jax.runtime.retain_freed_memory`, as
@@ -230,10 +231,12 @@ class Options:
   normalize: str = "device"      # device: uint8 frames in, normalised in the step
   prefetch: bool = True
   num_prompts: int = 6
+  patch_embed: str = "matmul"    # the training default (config.model.patch_embed)
 
   def compute(self) -> dict:
     return dict(dtype=self.dtype, attention_impl=self.attention_impl,
-                remat_policy=self.remat_policy, scan_unroll=self.scan_unroll)
+                remat_policy=self.remat_policy, scan_unroll=self.scan_unroll,
+                patch_embed=self.patch_embed)
 
   def label(self, base: "Options", full_unroll: int) -> str:
     """The fields that differ from `base`, or "base"."""
@@ -248,7 +251,7 @@ class Options:
 
 
 SWEEPABLE = ("dtype", "attention_impl", "remat_policy", "scan_unroll", "donate", "normalize",
-             "prefetch")
+             "prefetch", "patch_embed")
 
 
 def sweep_variants(base: Options, names: list[str], remat_policies: list[str],
@@ -267,6 +270,8 @@ def sweep_variants(base: Options, names: list[str], remat_policies: list[str],
       choices = [full_unroll if value == 1 else 1]
     elif name == "normalize":
       choices = ["host" if value == "device" else "device"]
+    elif name == "patch_embed":
+      choices = ["conv" if value == "matmul" else "matmul"]
     else:
       choices = [not value]
     out += [dataclasses.replace(base, **{name: c}) for c in choices]
@@ -628,6 +633,7 @@ def parse_args(argv=None):
   p.add_argument("--scan_unroll", type=int, default=1, help="0: unroll every layer")
   p.add_argument("--donate", action=argparse.BooleanOptionalAction, default=True)
   p.add_argument("--normalize", default="device", choices=["device", "host"])
+  p.add_argument("--patch_embed", default="matmul", choices=["matmul", "conv"])
   p.add_argument("--prefetch", action=argparse.BooleanOptionalAction, default=True)
   p.add_argument("--sweep", default="all",
                  help=f"options to toggle one at a time: 'all', 'none' or a comma list of "
@@ -689,7 +695,7 @@ def main(argv=None) -> None:
   dev = devices[0]
   base = Options(args.dtype, args.attention_impl, args.remat_policy,
                  args.scan_unroll or full_unroll, args.donate, args.normalize, args.prefetch,
-                 args.num_prompts)
+                 args.num_prompts, args.patch_embed)
   names = (list(SWEEPABLE) if args.sweep == "all" else
            [] if args.sweep == "none" else args.sweep.split(","))
   unknown = sorted(set(names) - set(SWEEPABLE))

@@ -87,7 +87,8 @@ def validate_config(config, num_devices: Optional[int] = None,
       raise ConfigError(f"config.{dotted}={value!r} must be {expected}")
   m, d = config.model, config.data
   try:
-    Compute(m.dtype, m.remat_policy, m.scan_unroll, m.attention_impl).validate()
+    Compute(m.dtype, m.remat_policy, m.scan_unroll, m.attention_impl,
+            m.get("patch_embed", "conv")).validate()
   except ValueError as e:
     raise ConfigError(f"config.model: {e}") from None
   p = m.num_prompts
@@ -270,7 +271,7 @@ def model_options(config) -> dict:
               num_captioner_layers=m.num_captioner_layers,
               prompt_init_scale=m.prompt_init_scale, dtype=m.dtype,
               remat_policy=m.remat_policy, scan_unroll=m.scan_unroll,
-              attention_impl=m.attention_impl)
+              attention_impl=m.attention_impl, patch_embed=m.get("patch_embed", "conv"))
 
 
 def initial_params(config, model, rng) -> dict:

@@ -60,7 +60,8 @@ def test_training_configs_compute_in_bfloat16_unless_they_say_why_not(path):
   config = load_config_file(path)
   if os.path.basename(path).startswith("demo"):
     assert (config.model.dtype, config.model.scan_unroll) == ("float32", 1)
+    assert config.model.patch_embed == "conv"
   else:
-    assert config.model.dtype == "bfloat16"
+    assert config.model.dtype == "bfloat16" and config.model.patch_embed == "matmul"
     assert config.model.scan_unroll == config.model.clip.vision.num_hidden_layers == 12
   assert config.optim.fused and config.optim.adamw == "official"

@@ -96,6 +96,22 @@ def test_remat_and_scan_unroll_give_identical_gradients(batch, reference, remat_
   assert_trees_close(got_grads, grads, rtol=1e-6, atol=1e-6)
 
 
+def test_patch_embedding_as_a_matmul_equals_the_convolution(batch, reference):
+  """model.patch_embed="matmul": the same parameter tree, init and (up to float32
+  rounding) the same outputs and gradients as the strided convolution."""
+  params, loss, grads = reference
+  model = tiny_model(patch_embed="matmul")
+  fresh = api.init_model_params(model, jax.random.PRNGKey(4))
+  conv_fresh = api.init_model_params(tiny_model(), jax.random.PRNGKey(4))
+  assert jax.tree_util.tree_structure(fresh) == jax.tree_util.tree_structure(conv_fresh)
+  assert_trees_close(fresh, conv_fresh, rtol=0, atol=0)  # same names, shapes and values
+  assert_trees_close(outputs(model, params, batch), outputs(tiny_model(), params, batch),
+                     rtol=1e-5, atol=1e-5)
+  got_loss, _, got_grads = loss_and_grads(model, params, batch)
+  np.testing.assert_allclose(got_loss, loss, rtol=1e-5)
+  assert_trees_close(got_grads, grads, rtol=1e-5, atol=1e-5)
+
+
 def test_host_normalisation_equals_device_normalisation(batch, reference):
   params, loss, grads = reference
   host = {**batch, "frames": normalize_frames(batch["frames"])}

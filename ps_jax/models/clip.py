@@ -97,6 +97,9 @@ class ClipConfig:
             "architectures": ["CLIPModel"], "model_type": "clip"}
 
 
+PATCH_EMBEDS = ("conv", "matmul")
+
+
 @dataclasses.dataclass(frozen=True)
 class Compute:
   """How to compute (never what): dtype, remat, scan unrolling, attention kernel."""
@@ -106,6 +109,10 @@ class Compute:
   remat_policy: str = "none"        # none | full | nothing_saveable | dots_saveable | ...
   scan_unroll: int = 1              # 1 = rolled loop; num_layers = fully unrolled
   attention_impl: str = "xla"       # xla | dot_product_attention
+  # conv: a strided convolution; matmul: the same product as flattened patches @ the
+  # reshaped kernel (same parameter; ~1.8x faster on XLA:CPU, native bfloat16 x bfloat16
+  # -> float32 there, other float32 rounding).
+  patch_embed: str = "conv"
 
   @property
   def jnp_dtype(self):
@@ -122,6 +129,8 @@ class Compute:
                        f"got {self.attention_impl!r}")
     if self.scan_unroll < 1:
       raise ValueError(f"scan_unroll must be >= 1, got {self.scan_unroll}")
+    if self.patch_embed not in PATCH_EMBEDS:
+      raise ValueError(f"patch_embed must be one of {PATCH_EMBEDS}, got {self.patch_embed!r}")
     return self
 
 
@@ -236,9 +245,37 @@ def eot_pool(hidden: Array, input_ids: Array) -> Array:
   return jnp.take_along_axis(hidden, idx[:, None, None], axis=1)[:, 0]
 
 
+_PATCH_KERNEL_INIT = L.partitioned(L.dense_init(0.02), (None, None, "channels", "embed"))
+
+
+class PatchKernel(nn.Module):
+  """The patch embedding's kernel float32[p, p, C, D] alone, where `nn.Conv` keeps it
+  (`<name>/kernel`, same initialiser), for the matmul form."""
+  shape: tuple[int, int, int, int]
+
+  @nn.compact
+  def __call__(self) -> Array:
+    return self.param("kernel", _PATCH_KERNEL_INIT, self.shape, jnp.float32)
+
+
+def patches_as_rows(pixels: Array, patch: int) -> Array:
+  """float[B, H, W, C] -> [B, (H/p)(W/p), p*p*C]: each non-overlapping p x p patch as
+  one row, row-major over the grid, flattened (kh, kw, C) like a conv kernel's
+  [kh, kw, C, D] reshaped to [p*p*C, D]."""
+  b, h, w, ch = pixels.shape
+  x = pixels.reshape(b, h // patch, patch, w // patch, patch, ch).transpose(0, 1, 3, 2, 4, 5)
+  return x.reshape(b, (h // patch) * (w // patch), patch * patch * ch)
+
+
 class VisionEmbeddings(nn.Module):
-  """Bias-free patch convolution + CLS + position embeddings."""
+  """Bias-free patch embedding + CLS + position embeddings.
+
+  `patch_embed` "conv" applies the kernel [p, p, C, D] as a strided convolution,
+  "matmul" as flattened patches @ kernel.reshape(p*p*C, D) (`layers.matmul`: float32
+  accumulation); the parameter is the same.
+  """
   config: VisionConfig
+  patch_embed: str = "conv"
 
   @nn.compact
   def __call__(self, pixels: Array, dtype) -> Array:
@@ -247,12 +284,18 @@ class VisionEmbeddings(nn.Module):
     if pixels.shape[1:3] != (c.image_size, c.image_size):
       raise ValueError(f"images must be {c.image_size}x{c.image_size}, "
                        f"got {pixels.shape[1]}x{pixels.shape[2]}")
-    patches = nn.Conv(
-        c.hidden_size, (c.patch_size, c.patch_size), strides=(c.patch_size, c.patch_size),
-        padding="VALID", use_bias=False, dtype=dtype, param_dtype=jnp.float32,
-        kernel_init=L.partitioned(L.dense_init(0.02), (None, None, "channels", "embed")),
-        name="patch_embedding")(pixels.astype(dtype))
-    patches = patches.reshape(patches.shape[0], -1, c.hidden_size)
+    p = c.patch_size
+    if self.patch_embed == "conv":
+      patches = nn.Conv(
+          c.hidden_size, (p, p), strides=(p, p), padding="VALID", use_bias=False,
+          dtype=dtype, param_dtype=jnp.float32, kernel_init=_PATCH_KERNEL_INIT,
+          name="patch_embedding")(pixels.astype(dtype))
+      patches = patches.reshape(patches.shape[0], -1, c.hidden_size)
+    else:
+      kernel = PatchKernel((p, p, pixels.shape[-1], c.hidden_size),
+                           name="patch_embedding")()
+      patches = L.matmul(patches_as_rows(pixels, p), kernel.reshape(-1, c.hidden_size),
+                         dtype).astype(dtype)
     cls = self.param("class_embedding", L.partitioned(L.dense_init(0.02), ("embed",)),
                      (c.hidden_size,))
     pos = self.param("position_embedding",
@@ -308,7 +351,7 @@ class VisionTransformer(nn.Module):
     c = self.config
     dtype = self.compute.jnp_dtype
     p = self.num_prompts
-    self.embeddings = VisionEmbeddings(c)
+    self.embeddings = VisionEmbeddings(c, self.compute.patch_embed)
     self.pre_layrnorm = L.LayerNorm(c.layer_norm_eps, dtype)
     if p:
       std = c.hidden_size ** -0.5 * 0.02 * self.prompt_init_scale
