@@ -176,17 +176,17 @@ class OfficialStep:
 
 
 class JaxStep(bt.TrainVariant):
-  """ps_jax's jitted train step with params loaded from the official checkpoint."""
+  """ps_jax's jitted train step; its state starts from `loaded`, the params that
+  `ps_jax.load_model` read from the official checkpoint (the same tree for every row:
+  dtype, scan unrolling and the patch-embedding form do not change the parameters)."""
 
   def __init__(self, opts: bt.Options, clip, mesh, host_batches, text_len: int,
-               captioner_layers: int, pth: str, fused: bool = True):
+               captioner_layers: int, loaded: dict, fused: bool = True):
     super().__init__(opts, clip, mesh, host_batches, text_len,
                      num_captioner_layers=captioner_layers)
     if not fused:  # optax's chain: moments, update and apply as separate passes
       self.tx, self.schedules = optim.make_optimizer({**bt.OPTIM, "fused": False}, 1000)
-    _, self.loaded = api.load_model(pth, clip_config=clip.to_hf_dict(),
-                                    num_prompts=opts.num_prompts,
-                                    num_captioner_layers=captioner_layers, **opts.compute())
+    self.loaded = loaded
 
   def init_state(self):
     params = jax.device_put(self.loaded, self.params_sharding)
@@ -268,21 +268,23 @@ def main(argv=None) -> None:
   with tempfile.TemporaryDirectory() as tmp:
     pth = os.path.join(tmp, "official.pth")
     torch.save({"state_dict": state_dict}, pth)
-    jax_rows = {}
-    kinds = [(True, "matmul", "")]
-    if args.unfused_rows:
-      kinds.append((False, "matmul", ", optax-chain AdamW"))
-    if args.conv_rows:
-      kinds.append((True, "conv", ", patch embedding as a convolution"))
-    for fused, patch_embed, suffix in kinds:
-      for dtype, unroll in (("float32", args.f32_unroll), ("bfloat16", args.bf16_unroll)):
-        unroll = unroll or full
-        opts = bt.Options(dtype=dtype, scan_unroll=unroll, num_prompts=args.num_prompts,
-                          patch_embed=patch_embed)
-        name = (f"ps_jax, {dtype}, {'unrolled' if unroll >= full else f'scan_unroll={unroll}'}"
-                + suffix)
-        jax_rows[name] = JaxStep(opts, clip, mesh, host_batches, args.text_len, layers, pth,
-                                 fused)
+    _, loaded = api.load_model(pth, clip_config=clip.to_hf_dict(),
+                               num_prompts=args.num_prompts, num_captioner_layers=layers)
+  jax_rows = {}
+  kinds = [(True, "matmul", "")]
+  if args.unfused_rows:
+    kinds.append((False, "matmul", ", optax-chain AdamW"))
+  if args.conv_rows:
+    kinds.append((True, "conv", ", patch embedding as a convolution"))
+  for fused, patch_embed, suffix in kinds:
+    for dtype, unroll in (("float32", args.f32_unroll), ("bfloat16", args.bf16_unroll)):
+      unroll = unroll or full
+      opts = bt.Options(dtype=dtype, scan_unroll=unroll, num_prompts=args.num_prompts,
+                        patch_embed=patch_embed)
+      name = (f"ps_jax, {dtype}, {'unrolled' if unroll >= full else f'scan_unroll={unroll}'}"
+              + suffix)
+      jax_rows[name] = JaxStep(opts, clip, mesh, host_batches, args.text_len, layers,
+                               loaded, fused)
   state = next(iter(jax_rows.values())).init_state()  # one state: same param structure
 
   ref = rows["official, float32"].loss().item()

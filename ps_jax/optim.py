@@ -95,6 +95,11 @@ def optax_cosine_schedule(peak: float, total_steps: int,
 # ------------------------------------------------------------------ official transformations
 
 
+def _torch_clip_coef(grads: Any, max_norm: float) -> jax.Array:
+  """min(max_norm / (global L2 norm of `grads` + 1e-6), 1): torch's clipping factor."""
+  return jnp.minimum(max_norm / (optax.global_norm(grads) + TORCH_CLIP_EPS), 1.0)
+
+
 def torch_clip_by_global_norm(max_norm: float) -> optax.GradientTransformation:
   """`torch.nn.utils.clip_grad_norm_(params, max_norm)` as a stateless transformation.
 
@@ -104,8 +109,7 @@ def torch_clip_by_global_norm(max_norm: float) -> optax.GradientTransformation:
   """
   def update_fn(updates, state, params=None):
     del params
-    total = optax.global_norm(updates)
-    coef = jnp.minimum(max_norm / (total + TORCH_CLIP_EPS), 1.0)
+    coef = _torch_clip_coef(updates, max_norm)
     return jax.tree_util.tree_map(lambda g: (g * coef).astype(g.dtype), updates), state
 
   return optax.GradientTransformation(lambda params: optax.EmptyState(), update_fn)
@@ -132,6 +136,24 @@ def _moment_dtype(p: jax.Array) -> jnp.dtype:
 def _bias_factor(b1: float, b2: float, t: jax.Array) -> jax.Array:
   """sqrt(1 - b2^t) / (1 - b1^t) for the (1-based) step t, a float[] scalar."""
   return jnp.sqrt(1.0 - jnp.power(b2, t)) / (1.0 - jnp.power(b1, t))
+
+
+def _step_terms(lr: jax.Array, count: jax.Array, b1: float, b2: float,
+                weight_decay: float) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """(step_size, decay, t) of the update at `count` with learning rate `lr`:
+  t = count + 1, step_size = lr * sqrt(1 - b2^t) / (1 - b1^t), decay = lr * weight_decay."""
+  t = optax.safe_int32_increment(count)
+  return lr * _bias_factor(b1, b2, t.astype(lr.dtype)), lr * weight_decay, t
+
+
+def _first_moment(m: jax.Array, g: jax.Array, b1: float) -> jax.Array:
+  """b1 m + (1 - b1) g, in m's dtype."""
+  return b1 * m + (1.0 - b1) * g.astype(m.dtype)
+
+
+def _second_moment(v: jax.Array, g: jax.Array, b2: float) -> jax.Array:
+  """b2 v + (1 - b2) g^2, in v's dtype."""
+  return b2 * v + (1.0 - b2) * jnp.square(g.astype(v.dtype))
 
 
 def _official_leaf_update(p: jax.Array, mu: jax.Array, nu: jax.Array, step_size: jax.Array,
@@ -187,15 +209,13 @@ def official_adamw(learning_rate: float | optax.Schedule, b1: float = 0.9, b2: f
   def update_fn(updates, state, params=None):
     if params is None:
       raise ValueError("official_adamw needs the params (decoupled weight decay)")
-    lr = jnp.asarray(lr_at(state.count))
-    t = optax.safe_int32_increment(state.count)
-    step_size = lr * _bias_factor(b1, b2, t.astype(lr.dtype))
+    step_size, decay, t = _step_terms(jnp.asarray(lr_at(state.count)), state.count, b1, b2,
+                                      weight_decay)
     tmap = jax.tree_util.tree_map
-    mu = tmap(lambda m, g: b1 * m + (1.0 - b1) * g.astype(m.dtype), state.mu, updates)
-    nu = tmap(lambda v, g: b2 * v + (1.0 - b2) * jnp.square(g.astype(v.dtype)), state.nu,
-              updates)
-    new = tmap(lambda p, m, v: _official_leaf_update(p, m, v, step_size, lr * weight_decay,
-                                                     eps), params, mu, nu)
+    mu = tmap(lambda m, g: _first_moment(m, g, b1), state.mu, updates)
+    nu = tmap(lambda v, g: _second_moment(v, g, b2), state.nu, updates)
+    new = tmap(lambda p, m, v: _official_leaf_update(p, m, v, step_size, decay, eps),
+               params, mu, nu)
     return new, OfficialAdamWState(count=t, mu=mu, nu=nu)
 
   return optax.GradientTransformation(init_fn, update_fn)
@@ -269,18 +289,15 @@ def fused_official_step(cfg: Mapping, schedules: Mapping[str, optax.Schedule]) -
     clip_state, part = state
     p_leaves, treedef = jax.tree_util.tree_flatten(params)
     g_leaves = treedef.flatten_up_to(grads)
-    coef = None
-    if max_norm:
-      coef = jnp.minimum(max_norm / (optax.global_norm(grads) + TORCH_CLIP_EPS), 1.0)
+    coef = _torch_clip_coef(grads, max_norm) if max_norm else None
     groups = {}
     for name, masked in part.inner_states.items():
       inner = masked.inner_state
-      lr = jnp.asarray(schedules[name](inner.count))
-      t = optax.safe_int32_increment(inner.count)
-      groups[name] = dict(
-          step_size=lr * _bias_factor(b1, b2, t.astype(lr.dtype)), decay=lr * wd, count=t,
-          mu=jax.tree_util.tree_leaves(inner.mu, is_leaf=_is_masked),
-          nu=jax.tree_util.tree_leaves(inner.nu, is_leaf=_is_masked))
+      step_size, decay, t = _step_terms(jnp.asarray(schedules[name](inner.count)),
+                                        inner.count, b1, b2, wd)
+      groups[name] = dict(step_size=step_size, decay=decay, count=t,
+                          mu=jax.tree_util.tree_leaves(inner.mu, is_leaf=_is_masked),
+                          nu=jax.tree_util.tree_leaves(inner.nu, is_leaf=_is_masked))
     new_p = []
     for i, (p, g) in enumerate(zip(p_leaves, g_leaves)):
       owner = [gr for gr in groups.values() if not _is_masked(gr["mu"][i])]
@@ -289,20 +306,19 @@ def fused_official_step(cfg: Mapping, schedules: Mapping[str, optax.Schedule]) -
       gr = owner[0]
       if coef is not None:
         g = (g * coef).astype(g.dtype)
-      m, v = gr["mu"][i], gr["nu"][i]
-      m = b1 * m + (1.0 - b1) * g.astype(m.dtype)
-      v = b2 * v + (1.0 - b2) * jnp.square(g.astype(v.dtype))
+      m, v = _first_moment(gr["mu"][i], g, b1), _second_moment(gr["nu"][i], g, b2)
       update = _official_leaf_update(p, m, v, gr["step_size"], gr["decay"], eps)
       new_p.append(jnp.asarray(p + update).astype(p.dtype))
       gr["mu"][i], gr["nu"][i] = m, v
-    inner_states = {}
-    for name, masked in part.inner_states.items():
-      inner, gr = masked.inner_state, groups[name]
-      unflatten = lambda tree, leaves: jax.tree_util.tree_structure(
-          tree, is_leaf=_is_masked).unflatten(leaves)
-      inner_states[name] = masked._replace(inner_state=inner._replace(
-          count=gr["count"], mu=unflatten(inner.mu, gr["mu"]),
-          nu=unflatten(inner.nu, gr["nu"])))
+
+    def unflatten(tree, leaves):  # the masked moment tree, with its MaskedNodes kept
+      return jax.tree_util.tree_structure(tree, is_leaf=_is_masked).unflatten(leaves)
+
+    inner_states = {
+        name: masked._replace(inner_state=masked.inner_state._replace(
+            count=groups[name]["count"], mu=unflatten(masked.inner_state.mu, groups[name]["mu"]),
+            nu=unflatten(masked.inner_state.nu, groups[name]["nu"])))
+        for name, masked in part.inner_states.items()}
     return (treedef.unflatten(new_p),
             (clip_state, part._replace(inner_states=inner_states)))
 
