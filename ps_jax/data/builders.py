@@ -42,6 +42,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 from tensorflow_datasets.core.utils import tqdm_utils
 
+from ps_jax.data import beam_jobs
 from ps_jax.data import frame_store
 
 INDEX_FILE = "ps_jax_index.json"
@@ -82,6 +83,20 @@ class PlannedVideo:
   load: Callable[[], tuple[np.ndarray, np.ndarray, int]]
 
 
+@dataclasses.dataclass(frozen=True)
+class _RecordMaker:
+  """PlannedVideo -> the feature dict of its record (picklable, for Beam workers)."""
+  encoding: str
+  jpeg_quality: int
+
+  def __call__(self, video: PlannedVideo) -> dict:
+    frames, frame_indices, num_source_frames = video.load()
+    return {"video_id": video.video_id, "captions": list(video.captions),
+            **frame_store.record_fields(frames, self.encoding, self.jpeg_quality),
+            "frame_indices": np.asarray(frame_indices, np.int32),
+            "num_source_frames": np.int32(num_source_frames)}
+
+
 class _LocalDatasetInfo(tfds.core.DatasetInfo):
   """DatasetInfo of a locally prepared dataset: nothing to fetch from the TFDS bucket."""
 
@@ -91,7 +106,11 @@ class _LocalDatasetInfo(tfds.core.DatasetInfo):
 
 
 class _VideoTextBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
-  """Writes planned videos per split; `plan` maps physical split -> PlannedVideo list."""
+  """Writes planned videos per split; `plan` maps physical split -> PlannedVideo list.
+
+  With `beam=True` each split's examples are a Beam PTransform (TFDS then writes with
+  its Beam writer, on the runner of the download config's `beam_options`).
+  """
 
   VERSION = tfds.core.Version("1.0.0")
   RELEASE_NOTES = {"1.0.0": "Pre-decoded uint8 frames and all captions per video."}
@@ -100,8 +119,9 @@ class _VideoTextBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True)
   def __init__(self, *, plan: Mapping[str, Sequence[PlannedVideo]] | None = None,
                index: dict | None = None, extra_files: Mapping[str, str] | None = None,
                encoding: str = "raw", jpeg_quality: int = frame_store.DEFAULT_JPEG_QUALITY,
-               **kwargs):
+               beam: bool = False, **kwargs):
     self._plan = plan or {}
+    self._beam = beam
     self._index = index
     self._extra_files = dict(extra_files or {})
     self._encoding, self._jpeg_quality = encoding, jpeg_quality
@@ -123,12 +143,10 @@ class _VideoTextBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True)
     return {split: self._generate_examples(split) for split in self._plan}
 
   def _generate_examples(self, split):
-    for i, video in enumerate(self._plan[split]):
-      frames, frame_indices, num_source_frames = video.load()
-      yield i, {"video_id": video.video_id, "captions": list(video.captions),
-                **frame_store.record_fields(frames, self._encoding, self._jpeg_quality),
-                "frame_indices": np.asarray(frame_indices, np.int32),
-                "num_source_frames": np.int32(num_source_frames)}
+    make = _RecordMaker(self._encoding, self._jpeg_quality)
+    if self._beam:
+      return beam_jobs.examples(self._plan[split], make)
+    return ((i, make(video)) for i, video in enumerate(self._plan[split]))
 
   # TFDS announces "Downloading and preparing dataset ..." here; nothing is downloaded:
   # every record comes from local files (or is rendered in memory).
@@ -343,7 +361,7 @@ def write_dataset(out_dir: str, dataset: str,
                   extra_files: Mapping[str, str] | None = None,
                   encoding: str = "raw",
                   jpeg_quality: int = frame_store.DEFAULT_JPEG_QUALITY,
-                  progress: bool = True) -> str:
+                  progress: bool = True, beam_options=None) -> str:
   """Writes videos as a TFDS ArrayRecord dataset plus its `ps_jax_index.json`.
 
   This is the prepare step's write phase; it also serves datasets made in memory
@@ -362,6 +380,9 @@ def write_dataset(out_dir: str, dataset: str,
       that `load()` gives in the other form are converted.
     jpeg_quality: quality of frames encoded here (JpegFrames are stored as they are).
     progress: show TFDS's progress bars.
+    beam_options: None writes in this process; else Beam `PipelineOptions` (see
+      `beam_jobs.pipeline_options`): the records are made and written by a Beam pipeline
+      (same records, same order; the shard files may be cut differently).
 
   Returns:
     The dataset version directory.
@@ -389,10 +410,11 @@ def write_dataset(out_dir: str, dataset: str,
   try:
     builder = BUILDERS[dataset](data_dir=out_dir, config=config, plan=plan, index=index,
                                 extra_files=extra_files, encoding=encoding,
-                                jpeg_quality=jpeg_quality)
+                                jpeg_quality=jpeg_quality, beam=beam_options is not None)
     builder.download_and_prepare(
         download_dir=download_dir,
-        download_config=tfds.download.DownloadConfig(try_download_gcs=False))
+        download_config=tfds.download.DownloadConfig(try_download_gcs=False,
+                                                     beam_options=beam_options))
   finally:
     tqdm_utils.display_progress_bar(bars)
     shutil.rmtree(download_dir, ignore_errors=True)

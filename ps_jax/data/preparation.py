@@ -64,6 +64,7 @@ import time
 import tqdm
 
 from ps_jax.data import annotations as anno_lib
+from ps_jax.data import beam_jobs
 from ps_jax.data import builders
 from ps_jax.data import decoding
 from ps_jax.data import frame_store
@@ -77,6 +78,7 @@ ENCODING_CHOICES = ("auto",) + frame_store.ENCODINGS
 REPORT_FILE = "prepare_report.jsonl"
 SUMMARY_FILE = "prepare_summary.json"
 CACHE_DIR = "decode_cache"
+RUNNERS = ("local", "beam")
 
 
 class PrepareError(ValueError):
@@ -244,8 +246,22 @@ class _Report:
     self._file.close()
 
 
+def _beam_options(runner: str, beam_options):
+  """None for the local runner; else parsed Beam PipelineOptions (PrepareError if bad)."""
+  if runner not in RUNNERS:
+    raise PrepareError(f"--runner {runner!r} is not one of {RUNNERS}")
+  if runner == "local":
+    if beam_options:
+      raise PrepareError("--beam_options is given but --runner is local")
+    return None
+  try:
+    return beam_jobs.pipeline_options(beam_options)
+  except (beam_jobs.BeamUnavailableError, ValueError) as e:
+    raise PrepareError(str(e)) from e
+
+
 def _decode_phase(source, video_dir, cache_dir, storage, num_workers, report: _Report,
-                  progress: bool) -> set[str]:
+                  progress: bool, beam_options=None) -> set[str]:
   """Looks videos up, reuses valid cache entries, decodes the rest. Returns usable ids."""
   ok_ids: set[str] = set()
   tasks, first_split = [], {}
@@ -296,7 +312,11 @@ def _decode_phase(source, video_dir, cache_dir, storage, num_workers, report: _R
       report.partial(task["video_id"], split, task["path"], result["detail"])
 
   try:
-    decoding.run_tasks(tasks, decoding.decode_to_cache, num_workers, on_result)
+    if beam_options is None:
+      decoding.run_tasks(tasks, decoding.decode_to_cache, num_workers, on_result)
+    else:
+      beam_jobs.run_tasks(tasks, decoding.decode_to_cache, on_result, options=beam_options,
+                          temp_root=cache_dir)
   finally:
     bar.close()
   return ok_ids
@@ -310,7 +330,8 @@ def prepare(dataset: str, *, out_dir: str, video_dir: str | None = None,
             frames_per_video: int | None = None,
             num_workers: int = 0, holdout_size: int | None = None, holdout_seed: int = 0,
             keep_cache: bool = False, shapes_size: str = "demo", seed: int = 0,
-            progress: bool = True) -> PrepareSummary:
+            progress: bool = True, runner: str = "local",
+            beam_options=None) -> PrepareSummary:
   """Decodes a dataset's videos and writes the TFDS ArrayRecord dataset (see module doc).
 
   Args:
@@ -333,6 +354,12 @@ def prepare(dataset: str, *, out_dir: str, video_dir: str | None = None,
     keep_cache: keep `decode_cache/` after a successful write.
     shapes_size, seed: moving_shapes size preset and seed (rendered in memory).
     progress: show tqdm progress bars.
+    runner: "local" (this process and its decoding pool) or "beam": the decode phase and
+      the write phase each run as an Apache Beam pipeline (`beam_jobs`); the dataset,
+      its records' order, the hold-out and the report are the same as the local path's.
+    beam_options: Beam pipeline arguments for runner "beam" (a string or list, e.g.
+      "--runner=DirectRunner --direct_num_workers=2"; default: Beam's DirectRunner).
+      num_workers does not apply to it (the runner's own options size it).
 
   Returns:
     PrepareSummary. Raises PrepareError for bad arguments (naming the flag) and when
@@ -344,6 +371,7 @@ def prepare(dataset: str, *, out_dir: str, video_dir: str | None = None,
                      jpeg_quality)
   _check_args(dataset, out_dir, video_dir, anno_dir, storage, num_workers, holdout_size,
               shapes_size)
+  beam_options = _beam_options(runner, beam_options)
   try:
     source = sources.load_source(dataset, anno_dir, video_dir, split_protocol,
                                  holdout_size, holdout_seed, storage, shapes_size, seed,
@@ -372,7 +400,7 @@ def prepare(dataset: str, *, out_dir: str, video_dir: str | None = None,
                     "detail": f"listed in {dropped.list_file} without annotations (the "
                               "official loader leaves it out too)"})
     ok_ids = _decode_phase(source, video_dir, cache_dir, storage, num_workers, report,
-                           progress)
+                           progress, beam_options)
     plan: dict[str, list[builders.PlannedVideo]] = {}
     for split, videos in source.physical.items():
       entries = []
@@ -397,7 +425,7 @@ def prepare(dataset: str, *, out_dir: str, video_dir: str | None = None,
                            extra_files=source.extra_files, encoding=storage["encoding"],
                            jpeg_quality=storage.get("jpeg_quality",
                                                     frame_store.DEFAULT_JPEG_QUALITY),
-                           progress=progress)
+                           progress=progress, beam_options=beam_options)
   finally:
     report.close()
 

@@ -3,13 +3,16 @@
   python -m ps_jax.data.prepare --dataset {msrvtt,msvd,lsmdc,activitynet,didemo,moving_shapes} \
       --video_dir VIDEOS --anno_dir ANNOTATIONS --out_dir DATA_DIR \
       [--split_protocol 9k|7k] [--max_frames K] [--fps R] [--short_side 224] \
-      [--encoding auto|raw|jpeg] [--jpeg_quality 90] [--num_workers N]
+      [--encoding auto|raw|jpeg] [--jpeg_quality 90] [--num_workers N] \
+      [--runner local|beam [--beam_options="--runner=DirectRunner ..."]]
 
 Decodes every video of the dataset once (restartable, bad videos skipped and reported in
 `DATA_DIR/prepare_report.jsonl`) and writes `DATA_DIR/<dataset>[/<config>]/1.0.0/`
 (ArrayRecord): by default every frame, short side 224, one JPEG per frame (moving_shapes:
 native size, raw pixels). The two phases, the splits and the files are described in
-`ps_jax.data.preparation`, the library this command line calls.
+`ps_jax.data.preparation`, the library this command line calls. `--runner beam` runs
+both phases as Apache Beam pipelines (`ps_jax.data.beam_jobs`; `pip install -e
+".[beam]"`), on the DirectRunner here or on a cluster runner named in --beam_options.
 
 Layer: front end (the `ps_jax.data` package's command line).
 """
@@ -28,7 +31,8 @@ from ps_jax.data.decoding import (MAX_DECODE_ATTEMPTS, VIDEO_EXTENSIONS,  # noqa
 from ps_jax.data.frame_store import DEFAULT_JPEG_QUALITY
 from ps_jax.data.preparation import (CACHE_DIR, DATASETS, DEFAULT_HOLDOUT,  # noqa: F401
                                      DEFAULT_SHORT_SIDE, ENCODING_CHOICES, REPORT_FILE,
-                                     SUMMARY_FILE, PrepareError, PrepareSummary, prepare)
+                                     RUNNERS, SUMMARY_FILE, PrepareError, PrepareSummary,
+                                     prepare)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -53,7 +57,14 @@ def _parser() -> argparse.ArgumentParser:
                  help="frame storage (auto: raw for moving_shapes, jpeg otherwise)")
   p.add_argument("--jpeg_quality", type=int, default=DEFAULT_JPEG_QUALITY,
                  help=f"JPEG quality 1..100 (default {DEFAULT_JPEG_QUALITY})")
-  p.add_argument("--num_workers", type=int, default=0, help="decoding processes")
+  p.add_argument("--num_workers", type=int, default=0,
+                 help="decoding processes (runner local)")
+  p.add_argument("--runner", default="local", choices=RUNNERS,
+                 help="local: this machine's process pool; beam: Apache Beam pipelines")
+  p.add_argument("--beam_options", action="append", default=[],
+                 help="Beam pipeline arguments, given with '=': --beam_options="
+                 "'--runner=DataflowRunner --project=P --region=R --temp_location=gs://...' "
+                 "(repeatable; default Beam's DirectRunner)")
   p.add_argument("--holdout_size", type=int, default=None,
                  help=f"validation hold-out of training videos (default {DEFAULT_HOLDOUT})")
   p.add_argument("--holdout_seed", type=int, default=0)
@@ -76,7 +87,8 @@ def main(argv: Iterable[str] | None = None) -> int:
                       num_workers=args.num_workers, holdout_size=args.holdout_size,
                       holdout_seed=args.holdout_seed, keep_cache=args.keep_cache,
                       shapes_size=args.shapes_size, seed=args.seed,
-                      progress=not args.no_progress)
+                      progress=not args.no_progress, runner=args.runner,
+                      beam_options=args.beam_options)
   except PrepareError as e:
     parser.error(str(e))
   print(summary.line())
