@@ -3,11 +3,18 @@
   python -m ps_jax.search --index DIR --query "a man is singing" --top_k 5
   python -m ps_jax.search --index DIR --queries_file queries.txt --top_k 10 [--approx]
   python -m ps_jax.search --index DIR --query_embeddings queries.npy --top_k 5
+  python -m ps_jax.search --index SHARDS --query "..." --coordinator_address H:P \
+      --num_processes N --process_id I       (every host; SHARDS: ps_jax.shard_index)
 
 The index records the model that embedded its videos and its tokenizer; they are loaded
 again, the model's fingerprint is checked against the index's (another model is
 refused) and the queries are embedded with its `encode_text`. Output: a `# query: ...`
 header per query, then `rank<TAB>score<TAB>video_id` lines, best first.
+
+`--index` may also be a shard directory (`python -m ps_jax.shard_index`). In a
+multi-host run (the same command on every host, `jax.distributed` as in `ps_jax.main`)
+the rows are split over every device of every host and each host reads only its own
+rows (`HostShardedSearcher`); process 0's queries are answered and process 0 prints.
 
 Layer: front end. The library is `ps_jax.retrieval` (`TextSearcher`, `Searcher`,
 `topk`); the names below are re-exported for the old import path `ps_jax.search`.
@@ -16,16 +23,20 @@ Layer: front end. The library is `ps_jax.retrieval` (`TextSearcher`, `Searcher`,
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
 from typing import Callable, Optional, Sequence
 
 import numpy as np
 
-from ps_jax import sharding
+import jax
+
+from ps_jax import distributed, sharding
 from ps_jax.embed import TextEncoder  # noqa: F401  (re-exported)
-from ps_jax.retrieval import store
+from ps_jax.retrieval import shards, store
 from ps_jax.retrieval.query import QueryEncoderError, TextSearcher, query_encoder  # noqa: F401
-from ps_jax.retrieval.topk import (DEFAULT_DTYPES, STORAGE_DTYPES, Searcher,  # noqa: F401
+from ps_jax.retrieval.topk import (DEFAULT_DTYPES, STORAGE_DTYPES,  # noqa: F401
+                                   HostShardedSearcher, Searcher,
                                    default_dtype, format_results, search_embeddings,
                                    shard_index, sharded_topk, topk)
 
@@ -35,7 +46,8 @@ EmbedFn = Callable[[Sequence[str]], np.ndarray]
 def _parser() -> argparse.ArgumentParser:
   parser = argparse.ArgumentParser(
       prog="python -m ps_jax.search", description="Text-to-video search over a ps_jax index.")
-  parser.add_argument("--index", required=True, help="index directory (ps_jax.index_videos)")
+  parser.add_argument("--index", required=True, help="index directory (ps_jax.index_videos) "
+                      "or shard directory (ps_jax.shard_index)")
   parser.add_argument("--query", action="append", default=[], help="a text query (repeatable)")
   parser.add_argument("--queries_file", help="text file, one query per line")
   parser.add_argument("--query_embeddings",
@@ -50,6 +62,9 @@ def _parser() -> argparse.ArgumentParser:
   parser.add_argument("--model", help="the model that built the index, where the index's "
                       "recorded path no longer finds it (its fingerprint must match)")
   parser.add_argument("--tokenizer", help="tokenizer for the queries (default: the index's)")
+  parser.add_argument("--coordinator_address", help="host:port of process 0 (multi-host)")
+  parser.add_argument("--num_processes", type=int, help="number of processes (multi-host)")
+  parser.add_argument("--process_id", type=int, help="this process's index (multi-host)")
   return parser
 
 
@@ -80,19 +95,34 @@ def main(argv: Optional[Sequence[str]] = None, embed_queries: Optional[EmbedFn] 
     parser.error("give text queries (--query / --queries_file) or --query_embeddings, "
                  "not both and not neither")
   try:
-    index = store.load_index(args.index)
+    distributed.initialize(args.coordinator_address, args.num_processes, args.process_id)
+  except distributed.DistributedError as e:
+    parser.error(str(e))
+  def emit(text: str) -> None:
+    if jax.process_index() == 0:  # one process prints
+      print(text, flush=True)
+
+  try:
     if args.top_k < 1:
       parser.error(f"--top_k must be >= 1, got {args.top_k}")
+    mesh = sharding.make_mesh()
+    if jax.process_count() > 1 or shards.is_shard_dir(args.index):
+      index = shards.RowSource.open(args.index)  # each process reads its own rows
+      searcher = HostShardedSearcher(index, dtype=args.dtype, mesh=mesh,
+                                     batch_size=args.batch_size)
+    else:
+      index = store.load_index(args.index)
+      searcher = Searcher(index.embeddings, index.ids, dtype=args.dtype, mesh=mesh,
+                          batch_size=args.batch_size)
     top_k = min(args.top_k, len(index))  # a small index answers with all its videos
+    search = functools.partial(searcher.search_ids, k=top_k, approx=args.approx,
+                               recall_target=args.recall_target)
     if args.query_embeddings:
       query_emb = np.load(args.query_embeddings, allow_pickle=False)
       labels = [f"{args.query_embeddings}[{i}]"
                 for i in range(np.atleast_2d(query_emb).shape[0])]
-      print(format_results(labels, search_embeddings(
-          index, query_emb, top_k, batch_size=args.batch_size, approx=args.approx,
-          recall_target=args.recall_target, dtype=args.dtype)))
+      emit(format_results(labels, search(query_emb)))
       return 0
-    mesh = sharding.make_mesh()
     if embed_queries is None:
       try:
         embed_queries = query_encoder(index, model=args.model, tokenizer=args.tokenizer,
@@ -100,17 +130,13 @@ def main(argv: Optional[Sequence[str]] = None, embed_queries: Optional[EmbedFn] 
                                       where=f"index {args.index!r}")
       except QueryEncoderError as e:
         parser.error(str(e))
-    searcher = Searcher(index.embeddings, index.ids, dtype=args.dtype, mesh=mesh,
-                        batch_size=args.batch_size)
     for start in range(0, len(texts), _PRINT_CHUNK):
       chunk = texts[start:start + _PRINT_CHUNK]
       query_emb = np.asarray(embed_queries(chunk), np.float32)
       if query_emb.ndim != 2 or query_emb.shape[0] != len(chunk):
         raise ValueError(f"embed_queries returned shape {query_emb.shape} for {len(chunk)} "
                          "texts; expected [Q, E]")
-      results = searcher.search_ids(query_emb, top_k, approx=args.approx,
-                                    recall_target=args.recall_target)
-      print(format_results(chunk, results), flush=True)
+      emit(format_results(chunk, search(query_emb)))
   except (store.IndexFormatError, store.FingerprintMismatchError,
           FileNotFoundError) as e:
     print(f"error: {e}", file=sys.stderr)

@@ -10,6 +10,14 @@ are rounded to the storage dtype before the product.
 
   searcher = Searcher(embeddings, ids)          # rows on all devices
   searcher.search_ids(query_embeddings, k=10)   # [[(video_id, cosine), ...], ...]
+
+Beyond one host, `HostShardedSearcher(path)` runs in every process of a multi-host run
+(`jax.distributed`): the rows are split over the devices of all hosts, each process
+reads from disk only the rows of its own devices (from an index directory or, better,
+from a shard directory written by `shards.write_shards`), process 0's queries are
+broadcast to all, each device selects its top-k and one cross-host merge (top-k of the
+gathered candidates) gives every process the same result as one process over the
+whole index.
 """
 
 from __future__ import annotations
@@ -23,6 +31,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from ps_jax import sharding
+from ps_jax.retrieval import shards as shards_lib
 from ps_jax.retrieval import store
 
 # Storage dtype when none is given: float32 on CPU (XLA:CPU half-precision matmuls are ~10x
@@ -215,9 +224,17 @@ def _sharded_topk_jit(queries, rows, k, mesh, n_valid, approx, recall_target, bl
   if approx:
     # approx_max_k orders equal scores arbitrarily: sort the candidates by (-score, index).
     neg, i = jax.lax.sort((-s, i), dimension=1, num_keys=2)
-    return -neg[:, :k], i[:, :k]
-  s, pos = jax.lax.top_k(s, k)
-  return s, jnp.take_along_axis(i, pos, axis=1)
+    s, i = -neg[:, :k], i[:, :k]
+  else:
+    s, pos = jax.lax.top_k(s, k)
+    i = jnp.take_along_axis(i, pos, axis=1)
+  # Replicated results: every process of a multi-host run can read them.
+  return jax.lax.with_sharding_constraint((s, i), NamedSharding(mesh, P()))
+
+
+def _replicated(x: np.ndarray, mesh: Mesh) -> jax.Array:
+  """x (the same value on every process) replicated on every device of the mesh."""
+  return jax.make_array_from_callback(x.shape, NamedSharding(mesh, P()), lambda idx: x[idx])
 
 
 def sharded_topk(queries, rows: jax.Array, k: int, *, mesh: Mesh, n_valid: int,
@@ -245,7 +262,10 @@ def sharded_topk(queries, rows: jax.Array, k: int, *, mesh: Mesh, n_valid: int,
   if rows.shape[0] % num_shards:
     raise ValueError(f"rows has {rows.shape[0]} rows, not a multiple of the {num_shards} "
                      "shards of the mesh; build it with shard_index")
-  queries = jnp.asarray(queries, jnp.float32)
+  if jax.process_count() > 1:
+    queries = _replicated(np.asarray(queries, np.float32), mesh)
+  else:
+    queries = jnp.asarray(queries, jnp.float32)
   return _sharded_topk_jit(queries, rows, int(k), mesh, int(n_valid), bool(approx),
                            float(recall_target), block_rows)
 
@@ -355,6 +375,65 @@ class Searcher:
       raise ValueError("This Searcher was built without ids; use search()")
     scores, indices = self.search(query_emb, k, **kwargs)
     return [[(self.ids[j], float(s)) for s, j in zip(row_s, row_i)]
+            for row_s, row_i in zip(scores, indices)]
+
+
+class HostShardedSearcher(Searcher):
+  """A Searcher whose rows each process reads from disk for its own devices only.
+
+  Made in every process of a multi-host run (after `jax.distributed.initialize`), with the
+  same arguments; on one process it is a Searcher that reads its rows from a shard or
+  index directory. Every process must call `search` / `search_ids` together (SPMD), with
+  queries of the same shape: process 0's values are broadcast and used by all, and every
+  process gets the whole result.
+  """
+
+  def __init__(self, path: Union[str, shards_lib.RowSource], *, dtype: Optional[str] = None,
+               mesh: Optional[Mesh] = None, batch_size: int = 64,
+               block_rows: Optional[int] = None):
+    """Reads this process's rows and places them on its devices.
+
+    Args:
+      path: a shard directory (`shards.write_shards`), an index directory, or a RowSource.
+      dtype, batch_size, block_rows: as for `Searcher`.
+      mesh: the rows are split over all its axes; default every device of every process.
+    """
+    if batch_size < 1:
+      raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    self.source = shards_lib.RowSource.open(path) if isinstance(path, str) else path
+    self.mesh = mesh if mesh is not None else sharding.make_mesh()
+    dtype = dtype or default_dtype(self.mesh)
+    if dtype not in STORAGE_DTYPES:
+      raise ValueError(f"dtype must be one of {STORAGE_DTYPES}, got {dtype!r}")
+    n, dim = self.source.count, self.source.dim
+    n_pad, self.block_rows = _layout(n, _num_shards(self.mesh), block_rows)
+    np_dtype = jnp.dtype(dtype)
+
+    def load(idx):
+      rows = idx[0]
+      start, stop = rows.start or 0, n_pad if rows.stop is None else rows.stop
+      block = np.zeros((stop - start, dim), np_dtype)
+      real = self.source.rows(start, stop)  # reads only the files holding these rows
+      block[:real.shape[0]] = real
+      return block
+
+    self.rows = jax.make_array_from_callback(
+        (n_pad, dim), NamedSharding(self.mesh, P(_row_axes(self.mesh), None)), load)
+    self.size, self.dim, self.dtype = n, dim, str(self.rows.dtype)
+    self.batch_size = int(batch_size)
+    self.ids = None
+
+  def search(self, query_emb, k: int, **kwargs) -> tuple[np.ndarray, np.ndarray]:
+    """As `Searcher.search`, with process 0's queries (see the class docstring)."""
+    if jax.process_count() > 1:
+      from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+      query_emb = multihost_utils.broadcast_one_to_all(np.asarray(query_emb, np.float32))
+    return super().search(query_emb, k, **kwargs)
+
+  def search_ids(self, query_emb, k: int, **kwargs) -> list[list[tuple[str, float]]]:
+    """Like `search`, as (id, score) lists; reads only the id files of the hits."""
+    scores, indices = self.search(query_emb, k, **kwargs)
+    return [list(zip(self.source.ids_of(row_i), map(float, row_s)))
             for row_s, row_i in zip(scores, indices)]
 
 

@@ -1,0 +1,78 @@
+"""Roles of the multi-host search test, each run as its own process (test_multihost_search.py).
+
+  worker:    one of 2 processes joined by `jax.distributed.initialize` on loopback, 4 CPU
+             devices each. Builds a HostShardedSearcher over a shard directory (each
+             process reads only the shard files of its own rows), answers the queries
+             (process 1 passes other values: process 0's are broadcast) and writes the
+             scores, rows, ids and the files it opened to --out.
+  reference: one process with 8 devices over the whole index directory (`Searcher`).
+"""
+
+import argparse
+import contextlib
+import io
+import json
+import os
+import sys
+
+import jax
+import numpy as np
+
+K = 25
+BATCH = 16  # 37 queries: two full batches and one padded
+
+
+def queries(dim: int) -> np.ndarray:
+  return np.random.default_rng(7).normal(size=(37, dim)).astype(np.float32)
+
+
+def main() -> None:
+  parser = argparse.ArgumentParser()
+  parser.add_argument("role", choices=("worker", "reference"))
+  parser.add_argument("--index", required=True)
+  parser.add_argument("--shards", required=True)
+  parser.add_argument("--out", required=True)
+  parser.add_argument("--port")
+  parser.add_argument("--process_id", type=int, default=0)
+  args = parser.parse_args()
+  from ps_jax.retrieval import store, topk  # pylint: disable=g-import-not-at-top
+  index = store.load_index(args.index)
+  q = queries(index.dim)
+  if args.role == "reference":
+    assert jax.device_count() == 8 and jax.process_count() == 1
+    searcher = topk.Searcher(index.embeddings, index.ids, batch_size=BATCH)
+    files = []
+  else:
+    jax.distributed.initialize(f"localhost:{args.port}", num_processes=2,
+                               process_id=args.process_id)
+    assert jax.device_count() == 8 and jax.local_device_count() == 4
+    searcher = topk.HostShardedSearcher(args.shards, batch_size=BATCH)
+    files = sorted(searcher.source.files_opened)  # before any id lookup
+    if args.process_id == 1:
+      q = -q  # ignored: process 0's queries are broadcast
+  scores, rows = searcher.search(q, K)
+  hits = searcher.search_ids(q, K)
+  result = {"scores": np.asarray(scores).tolist(), "rows": np.asarray(rows).tolist(),
+            "ids": [[h[0] for h in row] for row in hits],
+            "hit_scores": [[h[1] for h in row] for row in hits],
+            "embedding_files": files,
+            "local_rows": [[int(s.index[0].start or 0), int(s.index[0].stop)]
+                           for s in searcher.rows.addressable_shards]}
+  name = "reference" if args.role == "reference" else f"worker{args.process_id}"
+  # The command line: the workers search the shard directory, the reference the index.
+  from ps_jax import search  # pylint: disable=g-import-not-at-top
+  qfile = os.path.join(args.out, f"queries_{name}.npy")
+  np.save(qfile, q[:3])
+  printed = io.StringIO()
+  with contextlib.redirect_stdout(printed):
+    status = search.main(["--index", args.index if args.role == "reference" else args.shards,
+                          "--query_embeddings", qfile, "--top_k", "4"])
+  result["cli"] = {"status": status, "stdout": printed.getvalue()}
+  with open(os.path.join(args.out, name + ".json"), "w", encoding="utf-8") as f:
+    json.dump(result, f)
+  print("DONE", name)
+  sys.stdout.flush()
+
+
+if __name__ == "__main__":
+  main()
