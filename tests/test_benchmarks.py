@@ -316,6 +316,25 @@ def test_gpu_check_dry_run_starts_and_prints_the_goal_line(tmp_path):
                    proc.stdout), proc.stdout[-2000:]
 
 
+def check_prepare(out: str) -> None:
+  rows = markdown_table(out, "| prepare runner |")
+  assert [r["prepare runner"] for r in rows] == [
+      "local, in process", "Beam DirectRunner, in memory, 1 worker"], rows
+  for r in rows:
+    assert r["videos"] == "4", r
+    positive(r["videos/s"])
+
+
+def check_search_hosts(out: str) -> None:
+  rows = markdown_table(out, "| setup | devices |")
+  assert [(r["setup"], r["devices"]) for r in rows] == [("1 process", "2"),
+                                                        ("2 processes", "2")], rows
+  for r in rows:
+    for column in ("1 query p50 ms", "64 queries p50 ms", "queries/s (64)"):
+      positive(r[column])
+  assert "same ids and scores in both setups: True" in out
+
+
 BENCHMARKS = [
     pytest.param("bench_index.py",
                  ["--max_videos", "2", "--batch_size", "2", "--num_workers", "1",
@@ -330,6 +349,13 @@ BENCHMARKS = [
                   "--batch", "2", "--batches", "1", "--workers", "0",
                   "--prepare_workers", "0"],
                  check_pipeline, id="pipeline"),
+    pytest.param("bench_prepare.py",
+                 ["--videos", "4", "--size", "32", "--frames", "4", "--variants",
+                  "local,beam", "--markdown"],
+                 check_prepare, id="prepare"),
+    pytest.param("bench_search_hosts.py",
+                 ["--rows", "2000", "--dim", "16", "--calls", "2", "--markdown"],
+                 check_search_hosts, id="search_hosts"),
     pytest.param("bench_search.py",
                  ["--sizes", "1k", "--dim", "16", "--batch", "4", "--budget_s", "0",
                   "--min_calls", "1", "--max_calls", "2"],
