@@ -10,6 +10,7 @@ Compilation dominates these runs, so XLA's backend optimisation is turned off
 on a CPU). XLA_FLAGS is replaced, not extended, so every script sees one CPU device.
 """
 
+import json
 import math
 import os
 import re
@@ -394,3 +395,23 @@ def test_every_benchmark_script_is_smoke_tested():
   for test_file, test in ELSEWHERE.values():
     with open(os.path.join(REPO, "tests", test_file), encoding="utf-8") as f:
       assert test in f.read(), (test_file, test)
+
+
+def test_profile_step_prints_thunk_costs_by_category(tmp_path):
+  out = run_benchmark("profile_step.py",
+                      ["--model", "tiny", "--batch", "2", "--frames", "2", "--text_len", "8",
+                       "--num_prompts", "2", "--steps", "1", "--top", "5",
+                       "--variant", "dtype=bfloat16,scan_unroll=0",
+                       "--json", str(tmp_path / "p.json")])
+  profiles = json.loads((tmp_path / "p.json").read_text())
+  assert list(profiles) == ["base (dtype=float32, scan_unroll=1)",
+                            "dtype=bfloat16, scan_unroll=full"]
+  for label, p in profiles.items():
+    assert f"### {label}:" in out
+    assert p["thunk_ms_per_step"] > 0 and p["categories"]["matmul fusion"] > 0, p
+    busy = sum(ms for c, ms in p["categories"].items() if c != "loop control")
+    assert abs(busy - p["thunk_ms_per_step"]) < 1e-6 * busy + 1e-9
+    assert all(t["shape"] for t in p["top"])  # every thunk found in the compiled HLO
+  rows = markdown_table(out, "| top thunks |")
+  assert len(rows) == 5 and all(num(r["ms/step"]) >= 0 for r in rows)
+  assert num(rows[0]["ms/step"]) > 0

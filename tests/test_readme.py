@@ -138,3 +138,37 @@ def test_official_comparison_table_is_quoted_from_its_results_file():
   # "float32 runs at 0.96x ...; bfloat16 ... 1.84x ... and 1.05x ... autocast"
   assert "| 0.96x |" in rows["ps_jax, float32, scan_unroll=1"]
   assert "| 1.84x | 1.05x |" in rows["ps_jax, bfloat16, unrolled"]
+
+
+def test_scale_tables_are_quoted_from_their_results_file():
+  """README's prepare (local vs Beam) and multi-process search tables are those of
+  benchmarks/RESULTS_scale.md, and the sentences after them are computed from them."""
+  kept = [l for l in _read("benchmarks", "RESULTS_scale.md").splitlines()
+          if l.startswith("|")]
+  assert len(kept) == 10  # 2 header lines + 4 prepare rows, 2 + 2 search rows
+  readme = _read("README.md")
+  lines = readme.splitlines()
+  for table in (kept[:6], kept[6:]):
+    start = lines.index(table[0])
+    assert lines[start:start + len(table)] == table
+  rate = {l.split("|")[1].strip(): float(l.split("|")[4]) for l in kept[2:6]}
+  ratio = rate["Beam DirectRunner, in memory, 1 worker"] / rate["local, in process"]
+  assert f"in memory prepares at {ratio:.2f}x the local in-process rate" in readme
+  one, two = ([float(c) for c in l.split("|")[3:7]] for l in kept[8:10])
+  assert f"costs {two[1] - one[1]:.1f} ms per query call" in readme
+  assert f"{100 * (two[2] - one[2]) / one[2]:.0f}% of a 64-query batch" in readme
+  assert "same ids and scores in both setups: True" in _read("benchmarks",
+                                                             "RESULTS_scale.md")
+
+
+def test_profile_shares_are_quoted_from_the_recorded_profile():
+  perf = _read("benchmarks", "RESULTS_perf.md")
+  rows = {l.split("|")[1].strip().split(" (")[0]: [c.strip() for c in l.split("|")[2:6]]
+          for l in perf.split("## Where the ViT-B/32 step's time goes", 1)[1].splitlines()
+          if l.startswith("| ") and "%" in l}
+  f32_copy, bf16_copy = rows["copy"][1], rows["copy"][3]
+  f32_matmul = rows["matmul fusion"][1]
+  readme = " ".join(_read("README.md").split())
+  assert (f"{f32_copy} of the float32 step's thunk time is copies ({f32_matmul} is "
+          "matmuls)") in readme
+  assert f"(bfloat16 unrolled: {bf16_copy} copies)" in readme
