@@ -134,3 +134,18 @@ except P.PrepareError as e:
   assert "written 4" in out
   assert "error: --runner beam needs apache-beam, which is not installed" in out
   assert beam_jobs.INSTALL_HINT in out
+
+
+def test_beam_writes_rendered_clips_like_the_local_path(tmp_path):
+  # moving_shapes rendered in memory: no decode tasks, the renderer travels to the workers.
+  kwargs = dict(shapes_size="tiny", progress=False)
+  beam = P.prepare("moving_shapes", out_dir=str(tmp_path / "beam"), runner="beam", **kwargs)
+  local = P.prepare("moving_shapes", out_dir=str(tmp_path / "local"), **kwargs)
+  assert beam.written == local.written == {"train": 16, "val": 4, "test": 8}
+  for split in beam.written:
+    a = builders.load_split(str(tmp_path / "beam"), "moving_shapes", split)
+    b = builders.load_split(str(tmp_path / "local"), "moving_shapes", split)
+    assert a.video_ids == b.video_ids and a.captions == b.captions
+    source_a, source_b = a.open_source(), b.open_source()
+    for r in a.records:
+      np.testing.assert_array_equal(source_a[int(r)]["frames"], source_b[int(r)]["frames"])

@@ -119,14 +119,14 @@ def run_tasks(tasks: Sequence[dict], fn: Callable[[dict], dict],
     shutil.rmtree(staging, ignore_errors=True)
 
 
-def _keyed(make: Callable[[Any], dict], item: tuple[int, Any]) -> tuple[int, dict]:
-  position, video = item
-  return position, make(video)
-
-
 def examples(items: Sequence[Any], make: Callable[[Any], dict]):
-  """A PTransform yielding (i, make(items[i])) for a TFDS builder's `_generate_examples`."""
+  """A PTransform yielding (i, make(items[i])) for a TFDS builder's `_generate_examples`.
+
+  The elements are the positions; the items travel with the function (pickled with the
+  pipeline by Beam's pickler, which also takes closures, e.g. in-memory renderers).
+  """
   beam = import_beam()
-  return (beam.Create(list(enumerate(items)))
+  items = list(items)
+  return (beam.Create(range(len(items)))
           | beam.Reshuffle()
-          | beam.Map(lambda item: _keyed(make, item)))
+          | beam.Map(lambda position: (position, make(items[position]))))
