@@ -43,6 +43,10 @@ Every dataset has a named protocol (`ps_jax.data.protocols`) pinning its split c
 the summary lists each split whose annotations or prepared videos differ from it
 ("activitynet/val1-paragraph test: 4913 videos, the protocol has 4916 (missing 3)").
 
+`runner="beam"` (`--runner beam`) runs phase 1's decode tasks and phase 2's write as
+Apache Beam pipelines (`beam_jobs`); the dataset, the hold-out and the report are the
+same as the local path's.
+
 `decode_cache/` needs as much disk as the dataset, and TFDS stages the write in a
 temporary directory beside it.
 
