@@ -52,9 +52,9 @@ def worker(args) -> None:
   if args.num_processes > 1:
     jax.distributed.initialize(f"localhost:{args.port}", num_processes=args.num_processes,
                                process_id=args.process_id)
-  from ps_jax.retrieval import topk  # pylint: disable=g-import-not-at-top
+  from ps_jax.retrieval import hosts  # pylint: disable=g-import-not-at-top
   start = time.perf_counter()
-  searcher = topk.HostShardedSearcher(args.shards, batch_size=max(BATCHES))
+  searcher = hosts.HostShardedSearcher(args.shards, batch_size=max(BATCHES))
   searcher.rows.block_until_ready()
   load_s = time.perf_counter() - start
   out = {"load_s": load_s, "devices": jax.device_count(), "processes": jax.process_count(),

@@ -27,16 +27,15 @@ import functools
 import sys
 from typing import Callable, Optional, Sequence
 
-import numpy as np
-
 import jax
+import numpy as np
 
 from ps_jax import distributed, sharding
 from ps_jax.embed import TextEncoder  # noqa: F401  (re-exported)
 from ps_jax.retrieval import shards, store
+from ps_jax.retrieval.hosts import HostShardedSearcher
 from ps_jax.retrieval.query import QueryEncoderError, TextSearcher, query_encoder  # noqa: F401
-from ps_jax.retrieval.topk import (DEFAULT_DTYPES, STORAGE_DTYPES,  # noqa: F401
-                                   HostShardedSearcher, Searcher,
+from ps_jax.retrieval.topk import (DEFAULT_DTYPES, STORAGE_DTYPES, Searcher,  # noqa: F401
                                    default_dtype, format_results, search_embeddings,
                                    shard_index, sharded_topk, topk)
 

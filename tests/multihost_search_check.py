@@ -35,7 +35,7 @@ def main() -> None:
   parser.add_argument("--port")
   parser.add_argument("--process_id", type=int, default=0)
   args = parser.parse_args()
-  from ps_jax.retrieval import store, topk  # pylint: disable=g-import-not-at-top
+  from ps_jax.retrieval import hosts, store, topk  # pylint: disable=g-import-not-at-top
   index = store.load_index(args.index)
   q = queries(index.dim)
   if args.role == "reference":
@@ -46,7 +46,7 @@ def main() -> None:
     jax.distributed.initialize(f"localhost:{args.port}", num_processes=2,
                                process_id=args.process_id)
     assert jax.device_count() == 8 and jax.local_device_count() == 4
-    searcher = topk.HostShardedSearcher(args.shards, batch_size=BATCH)
+    searcher = hosts.HostShardedSearcher(args.shards, batch_size=BATCH)
     files = sorted(searcher.source.files_opened)  # before any id lookup
     if args.process_id == 1:
       q = -q  # ignored: process 0's queries are broadcast

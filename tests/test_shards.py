@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from ps_jax import search, shard_index
-from ps_jax.retrieval import shards, store, topk
+from ps_jax.retrieval import hosts, shards, store, topk
 
 FP = "sha256:" + "1" * 64
 
@@ -87,7 +87,7 @@ def test_host_sharded_searcher_on_one_process_equals_searcher(tmp_path, block_ro
   want = topk.Searcher(index.embeddings, index.ids, batch_size=4,
                        block_rows=block_rows).search_ids(queries, 7)
   for path in (tmp_path / "s", tmp_path / "index"):
-    got = topk.HostShardedSearcher(str(path), batch_size=4, block_rows=block_rows)
+    got = hosts.HostShardedSearcher(str(path), batch_size=4, block_rows=block_rows)
     assert got.search_ids(queries, 7) == want
 
 

@@ -23,7 +23,7 @@ whole index.
 from __future__ import annotations
 
 import functools
-from typing import Optional, Sequence, Union
+from typing import Callable, Optional, Sequence, Union
 
 import jax
 import jax.numpy as jnp
@@ -31,7 +31,6 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from ps_jax import sharding
-from ps_jax.retrieval import shards as shards_lib
 from ps_jax.retrieval import store
 
 # Storage dtype when none is given: float32 on CPU (XLA:CPU half-precision matmuls are ~10x
@@ -176,35 +175,51 @@ def default_dtype(mesh: Mesh) -> str:
   return DEFAULT_DTYPES.get(platform, "float32")
 
 
-def shard_index(embeddings, mesh: Mesh, *, dtype: Optional[str] = None,
-                block_rows: Optional[int] = None) -> tuple[jax.Array, int, Optional[int]]:
-  """Places index rows on the mesh, sharded by rows, padded to a whole number of shards.
+def place_rows(read_rows: Callable[[int, int], np.ndarray], n: int, dim: int, mesh: Mesh, *,
+               dtype: Optional[str] = None,
+               block_rows: Optional[int] = None) -> tuple[jax.Array, int, Optional[int]]:
+  """Index rows on the mesh, sharded by rows, padded to a whole number of shards.
 
   Args:
-    embeddings: float[N, E] host or device array.
+    read_rows: (start, stop) -> the real rows [start, min(stop, n)) as a host array;
+      called once per device of this process, for that device's rows only (on several
+      hosts each process thus reads only its own rows).
+    n, dim: the number of real rows and their width.
     mesh: rows are split evenly over all its devices (all of its axes).
     dtype: storage dtype ("float32", "float16", "bfloat16"; default `default_dtype(mesh)`).
     block_rows: per-shard scan block (see `topk`); padding makes it divide the shard size.
 
   Returns:
-    (rows dtype[N_pad, E] sharded over the mesh's axes, N (the number of real rows), the
-    effective block_rows to pass to `sharded_topk`). Padding rows score -inf in search.
+    (rows dtype[N_pad, E] sharded over the mesh's axes, n, the effective block_rows to
+    pass to `sharded_topk`). Padding rows are zeros and score -inf in search.
   """
   dtype = dtype or default_dtype(mesh)
   if dtype not in STORAGE_DTYPES:
     raise ValueError(f"dtype must be one of {STORAGE_DTYPES}, got {dtype!r}")
+  n_pad, block_rows = _layout(n, _num_shards(mesh), block_rows)
+  np_dtype = jnp.dtype(dtype)
+
+  def load(idx):
+    start, stop = idx[0].start or 0, n_pad if idx[0].stop is None else idx[0].stop
+    block = np.zeros((stop - start, dim), np_dtype)
+    if start < n:
+      real = read_rows(start, min(stop, n))
+      block[:real.shape[0]] = real
+    return block
+
+  rows = jax.make_array_from_callback((n_pad, dim),
+                                      NamedSharding(mesh, P(_row_axes(mesh), None)), load)
+  return rows, n, block_rows
+
+
+def shard_index(embeddings, mesh: Mesh, *, dtype: Optional[str] = None,
+                block_rows: Optional[int] = None) -> tuple[jax.Array, int, Optional[int]]:
+  """`place_rows` of an in-memory float[N, E] host (or device) array."""
   x = np.asarray(embeddings)
   if x.ndim != 2 or x.shape[0] == 0:
     raise ValueError(f"embeddings must be a non-empty [N, E] array, got shape {x.shape}")
-  n = x.shape[0]
-  n_pad, block_rows = _layout(n, _num_shards(mesh), block_rows)
-  np_dtype = jnp.dtype(dtype)
-  if n_pad == n:
-    host = np.ascontiguousarray(x, dtype=np_dtype)
-  else:
-    host = np.zeros((n_pad, x.shape[1]), np_dtype)
-    host[:n] = x
-  return jax.device_put(host, NamedSharding(mesh, P(_row_axes(mesh), None))), n, block_rows
+  return place_rows(lambda start, stop: x[start:stop], x.shape[0], x.shape[1], mesh,
+                    dtype=dtype, block_rows=block_rows)
 
 
 @functools.partial(jax.jit, static_argnames=("k", "mesh", "n_valid", "approx",
@@ -375,65 +390,6 @@ class Searcher:
       raise ValueError("This Searcher was built without ids; use search()")
     scores, indices = self.search(query_emb, k, **kwargs)
     return [[(self.ids[j], float(s)) for s, j in zip(row_s, row_i)]
-            for row_s, row_i in zip(scores, indices)]
-
-
-class HostShardedSearcher(Searcher):
-  """A Searcher whose rows each process reads from disk for its own devices only.
-
-  Made in every process of a multi-host run (after `jax.distributed.initialize`), with the
-  same arguments; on one process it is a Searcher that reads its rows from a shard or
-  index directory. Every process must call `search` / `search_ids` together (SPMD), with
-  queries of the same shape: process 0's values are broadcast and used by all, and every
-  process gets the whole result.
-  """
-
-  def __init__(self, path: Union[str, shards_lib.RowSource], *, dtype: Optional[str] = None,
-               mesh: Optional[Mesh] = None, batch_size: int = 64,
-               block_rows: Optional[int] = None):
-    """Reads this process's rows and places them on its devices.
-
-    Args:
-      path: a shard directory (`shards.write_shards`), an index directory, or a RowSource.
-      dtype, batch_size, block_rows: as for `Searcher`.
-      mesh: the rows are split over all its axes; default every device of every process.
-    """
-    if batch_size < 1:
-      raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    self.source = shards_lib.RowSource.open(path) if isinstance(path, str) else path
-    self.mesh = mesh if mesh is not None else sharding.make_mesh()
-    dtype = dtype or default_dtype(self.mesh)
-    if dtype not in STORAGE_DTYPES:
-      raise ValueError(f"dtype must be one of {STORAGE_DTYPES}, got {dtype!r}")
-    n, dim = self.source.count, self.source.dim
-    n_pad, self.block_rows = _layout(n, _num_shards(self.mesh), block_rows)
-    np_dtype = jnp.dtype(dtype)
-
-    def load(idx):
-      rows = idx[0]
-      start, stop = rows.start or 0, n_pad if rows.stop is None else rows.stop
-      block = np.zeros((stop - start, dim), np_dtype)
-      real = self.source.rows(start, stop)  # reads only the files holding these rows
-      block[:real.shape[0]] = real
-      return block
-
-    self.rows = jax.make_array_from_callback(
-        (n_pad, dim), NamedSharding(self.mesh, P(_row_axes(self.mesh), None)), load)
-    self.size, self.dim, self.dtype = n, dim, str(self.rows.dtype)
-    self.batch_size = int(batch_size)
-    self.ids = None
-
-  def search(self, query_emb, k: int, **kwargs) -> tuple[np.ndarray, np.ndarray]:
-    """As `Searcher.search`, with process 0's queries (see the class docstring)."""
-    if jax.process_count() > 1:
-      from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
-      query_emb = multihost_utils.broadcast_one_to_all(np.asarray(query_emb, np.float32))
-    return super().search(query_emb, k, **kwargs)
-
-  def search_ids(self, query_emb, k: int, **kwargs) -> list[list[tuple[str, float]]]:
-    """Like `search`, as (id, score) lists; reads only the id files of the hits."""
-    scores, indices = self.search(query_emb, k, **kwargs)
-    return [list(zip(self.source.ids_of(row_i), map(float, row_s)))
             for row_s, row_i in zip(scores, indices)]
 
 
