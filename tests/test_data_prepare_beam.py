@@ -149,3 +149,27 @@ def test_beam_writes_rendered_clips_like_the_local_path(tmp_path):
     source_a, source_b = a.open_source(), b.open_source()
     for r in a.records:
       np.testing.assert_array_equal(source_a[int(r)]["frames"], source_b[int(r)]["frames"])
+
+
+def test_beam_skips_a_video_that_already_killed_its_decoder(tmp_path):
+  # What a runner's retries leave behind for a video whose decoder kills the worker: the
+  # attempt counter beside the cache entry. The Beam path then reports it, once.
+  from ps_jax.data import decoding as D  # pylint: disable=g-import-not-at-top
+  from ps_jax.data import moving_shapes as M  # pylint: disable=g-import-not-at-top
+  import dataclasses  # pylint: disable=g-import-not-at-top
+  src = tmp_path / "ms"
+  M.write_mp4_dataset(str(src), dataclasses.replace(M.SIZES["tiny"], num_train=4, num_val=0,
+                                                    num_test=2))
+  out = tmp_path / "out"
+  storage = {"max_frames": None, "short_side": None, "fps": None, "encoding": "raw"}
+  cache_dir = out / P.CACHE_DIR / D.cache_dir_name("moving_shapes", "custom", storage)
+  cache_dir.mkdir(parents=True)
+  marker = D.cache_path(str(cache_dir), "train00001f") + ".attempts"
+  with open(marker, "w") as f:
+    f.write(str(D.MAX_DECODE_ATTEMPTS))
+  s = P.prepare("moving_shapes", out_dir=str(out), video_dir=str(src / "videos"),
+                anno_dir=str(src), runner="beam", progress=False)
+  assert s.written == {"train": 3, "test": 2}
+  assert s.skipped_by_reason == {"decoder_crashed": 1}
+  (entry,) = [json.loads(l) for l in open(out / P.REPORT_FILE)]
+  assert entry["video_id"] == "train00001f" and entry["reason"] == "decoder_crashed"
