@@ -143,8 +143,19 @@ def test_official_comparison_table_is_quoted_from_its_results_file():
 def test_scale_tables_are_quoted_from_their_results_file():
   """README's prepare (local vs Beam) and multi-process search tables are those of
   benchmarks/RESULTS_scale.md, and the sentences after them are computed from them."""
-  kept = [l for l in _read("benchmarks", "RESULTS_scale.md").splitlines()
-          if l.startswith("|")]
+  scale = _read("benchmarks", "RESULTS_scale.md")
+  sizes = [[float(c) for c in l.strip("|").split("|")] for l in scale.splitlines()
+           if re.match(r"\| (16|128) \|", l)]
+  (n0, local0, _, extra0), (n1, local1, _, extra1) = sizes
+  per_video, fixed = (extra1 - extra0) / (n1 - n0), extra0 - n0 * (extra1 - extra0) / (n1 - n0)
+  claim = (f"a fixed {fixed:.1f} s and {1e3 * per_video:.0f} ms more per video here, "
+           f"against {1e3 * local1 / n1:.0f} ms per video")
+  assert claim in " ".join(scale.split())
+  readme_claim = (f"a fixed {fixed:.1f} s (building and running two pipelines, staging "
+                  f"the results) and {1e3 * per_video:.0f} ms per video")
+  assert readme_claim in " ".join(_read("README.md").split())
+  kept = [l for l in scale.splitlines() if l.startswith("|") and "Beam extra" not in l
+          and not re.match(r"\|(---:\|)+$", l) and not re.match(r"\| (16|128) \|", l)]
   assert len(kept) == 10  # 2 header lines + 4 prepare rows, 2 + 2 search rows
   readme = _read("README.md")
   lines = readme.splitlines()
