@@ -97,6 +97,7 @@ def main(argv: Optional[Sequence[str]] = None, embed_queries: Optional[EmbedFn] 
     distributed.initialize(args.coordinator_address, args.num_processes, args.process_id)
   except distributed.DistributedError as e:
     parser.error(str(e))
+
   def emit(text: str) -> None:
     if jax.process_index() == 0:  # one process prints
       print(text, flush=True)

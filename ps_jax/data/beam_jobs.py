@@ -72,7 +72,7 @@ def pipeline_options(options: Union[str, Sequence[str], None]):
   return parsed
 
 
-def _apply(fn: Callable[[dict], dict], item: tuple[int, dict]) -> str:
+def _apply(item: tuple[int, dict], fn: Callable[[dict], dict]) -> str:
   position, task = item
   return json.dumps([position, fn(task)])
 
@@ -101,7 +101,7 @@ def run_tasks(tasks: Sequence[dict], fn: Callable[[dict], dict],
       _ = (p
            | "Tasks" >> beam.Create(list(enumerate(tasks)))
            | "Spread" >> beam.Reshuffle()
-           | "Run" >> beam.Map(lambda item: _apply(fn, item))
+           | "Run" >> beam.Map(_apply, fn)
            | "Results" >> beam.io.WriteToText(prefix, file_name_suffix=".jsonl"))
     results: dict[int, dict] = {}
     for file in sorted(glob.glob(prefix + "*.jsonl")):

@@ -14,6 +14,7 @@ same result as one process over the whole index, ties included.
 
 from __future__ import annotations
 
+import functools
 from typing import Optional, Union
 
 import jax
@@ -21,7 +22,6 @@ import numpy as np
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 
-from ps_jax import sharding
 from ps_jax.retrieval import shards as shards_lib
 from ps_jax.retrieval import topk
 
@@ -46,16 +46,11 @@ class HostShardedSearcher(topk.Searcher):
       dtype, batch_size, block_rows: as for `Searcher`.
       mesh: the rows are split over all its axes; default every device of every process.
     """
-    if batch_size < 1:
-      raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     self.source = shards_lib.RowSource.open(path) if isinstance(path, str) else path
-    self.mesh = mesh if mesh is not None else sharding.make_mesh()
-    # read_rows opens only the files holding each local device's rows.
-    self.rows, self.size, self.block_rows = topk.place_rows(
-        self.source.rows, self.source.count, self.source.dim, self.mesh, dtype=dtype,
-        block_rows=block_rows)
-    self.dim, self.dtype = self.source.dim, str(self.rows.dtype)
-    self.batch_size = int(batch_size)
+    # source.rows opens only the files holding each local device's rows.
+    self._place(functools.partial(topk.place_rows, self.source.rows, self.source.count,
+                                  self.source.dim), mesh, batch_size, dtype=dtype,
+                block_rows=block_rows)
     self.ids = None
 
   def search(self, query_emb, k: int, **kwargs) -> tuple[np.ndarray, np.ndarray]:

@@ -11,13 +11,7 @@ are rounded to the storage dtype before the product.
   searcher = Searcher(embeddings, ids)          # rows on all devices
   searcher.search_ids(query_embeddings, k=10)   # [[(video_id, cosine), ...], ...]
 
-Beyond one host, `HostShardedSearcher(path)` runs in every process of a multi-host run
-(`jax.distributed`): the rows are split over the devices of all hosts, each process
-reads from disk only the rows of its own devices (from an index directory or, better,
-from a shard directory written by `shards.write_shards`), process 0's queries are
-broadcast to all, each device selects its top-k and one cross-host merge (top-k of the
-gathered candidates) gives every process the same result as one process over the
-whole index.
+Beyond one host: `ps_jax.retrieval.hosts.HostShardedSearcher`, on the same functions.
 """
 
 from __future__ import annotations
@@ -328,17 +322,23 @@ class Searcher:
       batch_size: queries per device call.
       block_rows: per-shard scan block bounding the score buffer to [batch, block_rows].
     """
-    if batch_size < 1:
-      raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    self.mesh = mesh if mesh is not None else sharding.make_mesh()
-    self.rows, self.size, self.block_rows = shard_index(embeddings, self.mesh, dtype=dtype,
-                                                        block_rows=block_rows)
-    self.dim = int(self.rows.shape[1])
-    self.dtype = str(self.rows.dtype)
-    self.batch_size = int(batch_size)
+    self._place(functools.partial(shard_index, embeddings), mesh, batch_size, dtype=dtype,
+                block_rows=block_rows)
     self.ids = None if ids is None else list(ids)
     if self.ids is not None and len(self.ids) != self.size:
       raise ValueError(f"{len(self.ids)} ids for {self.size} index rows")
+
+  def _place(self, place: Callable[..., tuple[jax.Array, int, Optional[int]]],
+             mesh: Optional[Mesh], batch_size: int, **place_kwargs) -> None:
+    """Sets the rows (`place(mesh, **place_kwargs)`: `shard_index` or `place_rows`), the
+    mesh and the query batch size."""
+    if batch_size < 1:
+      raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    self.mesh = mesh if mesh is not None else sharding.make_mesh()
+    self.rows, self.size, self.block_rows = place(self.mesh, **place_kwargs)
+    self.dim = int(self.rows.shape[1])
+    self.dtype = str(self.rows.dtype)
+    self.batch_size = int(batch_size)
 
   @classmethod
   def from_index(cls, index: Union[store.Index, str], **kwargs) -> "Searcher":
