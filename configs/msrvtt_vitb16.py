@@ -16,6 +16,7 @@ from ps_jax.config_defaults import load_config_file
 def get_config():
   c = load_config_file(os.path.join(os.path.dirname(__file__), "msrvtt_vitb32.py"))
   c.model.init_from = "clip-vit-base-patch16"
+  c.model.clip.vision.patch_size = 16  # the architecture without weights (--mode compile)
   c.model.dtype = "bfloat16"
   c.model.remat_policy = "dots_saveable"
   return c

@@ -106,6 +106,24 @@ def base_config() -> ml_collections.ConfigDict:
   c.sharding_rules = (("embed", "fsdp"), ("vocab", None), ("mlp", None),
                       ("joined_kv", None), ("layers", None))
 
+  # `--mode compile`: the run's jitted functions compiled for a TPU slice on this machine
+  # (ps_jax.aot; needs libtpu: pip install -e ".[tpu]"). Nothing is allocated.
+  c.compile = ml_collections.ConfigDict({
+      "topology": "",            # v4-32, v5litepod-64, v5p-128, v6e-16 or v5e:4x4 ...
+      "num_slices": 1,           # > 1: multi-slice (the data axis spans the slices)
+      "videos_per_chip": 0,      # > 0: compile the step for this many videos per chip
+                                 # instead of config.batch_size
+      "find_max_batch": False,   # search the largest videos per chip whose step fits
+      "probe_batches": (4, 16),  # videos per chip of the two compiles that predict it
+      "search_unroll": 0,        # scan_unroll of the probes; 0: the model's own (a rolled
+                                 # scan compiles ~5x faster but plans memory differently)
+      "hbm_gib": 0.0,            # per-chip budget; 0 = the chip's HBM
+      "programs": "train_step,encode_video,encode_text,search_topk",
+      "index_rows": 1_000_000,   # search_topk: rows of the index (1M videos or windows)
+      "search_queries": 32,      # queries per request (the service's maximum)
+      "search_k": 100,           # results per query (the service's maximum)
+  })
+
   c.checkpoint = ml_collections.ConfigDict({"every_steps": 500, "keep": 2, "async_save": True})
   c.log_every_steps = 20
   c.eval_every_steps = -1         # > 0: every N steps; -1: evals_per_epoch times an epoch

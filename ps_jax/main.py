@@ -1,16 +1,19 @@
 """Command line: `python -m ps_jax.main --config configs/<name>.py --workdir DIR`.
 
 Modes: train (periodic validation, final test of the selected checkpoint), eval (a
-workdir checkpoint, or config.model.init_from zero-shot) and index (embed every video
+workdir checkpoint, or config.model.init_from zero-shot), index (embed every video
 of a split once into a search index, `ps_jax.index_videos`; then `python -m
-ps_jax.search --index <workdir>/index_test --query "..."`). Config fields are overridden
+ps_jax.search --index <workdir>/index_test --query "..."`) and compile (the run's
+programs compiled for a TPU slice on this machine, `--config.compile.topology=v5p-128`:
+memory per chip, FLOPs, an estimated step time; exits 1 when a program does not fit). Config fields are overridden
 with `--config.batch_size=64`-style flags. On several hosts run the same command on
 every host: `jax.distributed.initialize()` is called first (auto-detected on TPU VMs
 and SLURM, or from the --coordinator_address / --num_processes / --process_id flags or
 the JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID environment variables).
 launch/ has the scripts that start it on a TPU pod, a SLURM cluster or one machine.
 
-Layer: front end (thin: flags, then `train`, `evaluate` or `retrieval.build`).
+Layer: front end (thin: flags, then `train`, `evaluate`, `retrieval.build` or
+`compile_check`).
 """
 
 import sys
@@ -19,7 +22,10 @@ from absl import app, flags
 from absl import logging as absl_logging
 from ml_collections import config_flags
 
-from ps_jax import checkpoints, distributed, evaluate, experiment, runtime, train
+import jax
+
+from ps_jax import aot, checkpoints, compile_check, distributed, evaluate, experiment
+from ps_jax import runtime, train
 from ps_jax.data import builders
 from ps_jax.retrieval import build
 from ps_jax.retrieval.model import ModelLoadError
@@ -27,7 +33,7 @@ from ps_jax.retrieval.model import ModelLoadError
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file.",
                                           lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs, metrics.")
-_MODE = flags.DEFINE_enum("mode", "train", ["train", "eval", "index"], "What to run.")
+_MODE = flags.DEFINE_enum("mode", "train", ["train", "eval", "index", "compile"], "What to run.")
 _INDEX_SPLIT = flags.DEFINE_string("index_split", None,
                                    "--mode index: split to embed (default config.data.test_split).")
 _INDEX_DIR = flags.DEFINE_string("index_dir", None,
@@ -48,6 +54,20 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   config = _CONFIG.value
+  if _MODE.value == "compile":
+    # Compile-only TPU devices come from libtpu's topology; nothing runs on a backend
+    # but the CPU (no TPU is looked for on this machine).
+    jax.config.update("jax_platforms", "cpu")
+    absl_logging.set_verbosity(absl_logging.WARNING)
+    try:
+      compile_check.run_check(config, _WORKDIR.value)
+    except (aot.CompileCheckError, experiment.ConfigError) as e:
+      print(f"error: {e}", file=sys.stderr)
+      sys.exit(2)
+    except aot.DoesNotFit as e:
+      print(f"does not fit: {e}", file=sys.stderr)
+      sys.exit(1)
+    return
   if config.get("retain_host_memory", False):
     # Before the first computation: XLA's runtime starts its threads on first use.
     runtime.retain_freed_memory()

@@ -10,7 +10,7 @@ from typing import Any, Mapping, Optional, Sequence
 
 import jax
 import numpy as np
-from jax.experimental import multihost_utils
+from jax.experimental import mesh_utils, multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 MESH_AXES = ("data", "fsdp")
@@ -37,8 +37,15 @@ def make_mesh(data: int = -1, fsdp: int = 1, devices: Optional[Sequence[Any]] = 
   if math.prod(sizes) != n or min(sizes) < 1:
     raise ValueError(f"config.mesh: data x fsdp = {sizes[0]} x {sizes[1]} must equal the "
                      f"{n} available devices")
+  slices = len({getattr(d, "slice_index", 0) for d in devices})
   try:
-    grid = jax.experimental.mesh_utils.create_device_mesh(sizes, devices)
+    if slices > 1 and sizes[0] % slices == 0:
+      # Multi-slice: the data axis spans the slices (data-centre network), each fsdp
+      # group stays inside one slice (ICI).
+      grid = mesh_utils.create_hybrid_device_mesh([sizes[0] // slices, sizes[1]],
+                                                  [slices, 1], devices)
+    else:
+      grid = mesh_utils.create_device_mesh(sizes, devices)
   except Exception:  # pylint: disable=broad-except  # e.g. CPU devices with no topology
     grid = np.array(devices).reshape(sizes)
   return Mesh(grid, MESH_AXES)

@@ -241,6 +241,24 @@ def _sharded_topk_jit(queries, rows, k, mesh, n_valid, approx, recall_target, bl
   return jax.lax.with_sharding_constraint((s, i), NamedSharding(mesh, P()))
 
 
+def lower_sharded_topk(mesh: Mesh, n: int, dim: int, num_queries: int, k: int, *,
+                       dtype: Optional[str] = None, approx: bool = False,
+                       recall_target: float = 0.95, block_rows: Optional[int] = None):
+  """`sharded_topk` lowered from shapes alone (nothing placed): `num_queries` replicated
+  float32 queries against n rows of `dim` laid out by `place_rows` on `mesh` (which may
+  hold compile-only devices, e.g. a TPU slice for an ahead-of-time check)."""
+  _check_k(k, n)
+  dtype = dtype or default_dtype(mesh)
+  n_pad, block_rows = _layout(n, _num_shards(mesh), block_rows)
+  rows = jax.ShapeDtypeStruct((n_pad, dim), jnp.dtype(dtype),
+                              sharding=NamedSharding(mesh, P(_row_axes(mesh), None)))
+  queries = jax.ShapeDtypeStruct((num_queries, dim), jnp.float32,
+                                 sharding=NamedSharding(mesh, P()))
+  return _sharded_topk_jit.lower(queries, rows, k=int(k), mesh=mesh, n_valid=int(n),
+                                 approx=bool(approx), recall_target=float(recall_target),
+                                 block_rows=block_rows)
+
+
 def _replicated(x: np.ndarray, mesh: Mesh) -> jax.Array:
   """x (the same value on every process) replicated on every device of the mesh."""
   return jax.make_array_from_callback(x.shape, NamedSharding(mesh, P()), lambda idx: x[idx])

@@ -1,0 +1,127 @@
+"""The launch table as compiled facts: each row is `python -m ps_jax.main --mode compile`
+with find_max_batch on a TPU slice, compiled on this CPU by the real TPU compiler.
+
+  python benchmarks/tpu_compile_table.py --out benchmarks/RESULTS_tpu_compile.md
+  python benchmarks/tpu_compile_table.py --rows b32-v5e-64,l14-v5p-128 --jobs 2
+
+Each row runs in its own process (logs and JSON records under --workdir) and the table
+is assembled from the records; a row that has not finished is listed as such. Needs
+libtpu (pip install -e ".[tpu]"). Every figure is per chip; step times and MFU are
+ESTIMATES (roofline bounds from the compiled cost analysis), not measurements.
+"""
+
+import argparse
+import concurrent.futures
+import datetime
+import json
+import os
+import platform
+import subprocess
+import sys
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+GiB = 2 ** 30
+# name -> (slice, config, overrides): 12 training frames, the config's own compute.
+ROWS = {
+    "b32-v5e-64": ("v5e-64", "msrvtt_vitb32", ()),
+    "b32-v5p-128": ("v5p-128", "msrvtt_vitb32", ()),
+    "b32-v4-32": ("v4-32", "msrvtt_vitb32", ()),
+    "l14-v5e-64": ("v5e-64", "msrvtt_vitl14", ("--config.mesh.fsdp=8",)),
+    "l14-v5p-128": ("v5p-128", "msrvtt_vitl14", ("--config.mesh.fsdp=4",)),
+    "l14-v4-32": ("v4-32", "msrvtt_vitl14", ("--config.mesh.fsdp=4",)),
+    "b16-v5e-64": ("v5e-64", "msrvtt_vitb16", ()),
+    "b16-v5p-128": ("v5p-128", "msrvtt_vitb16", ()),
+    "b16-v4-32": ("v4-32", "msrvtt_vitb16", ()),
+}
+BACKBONES = {"msrvtt_vitb32": "ViT-B/32", "msrvtt_vitb16": "ViT-B/16",
+             "msrvtt_vitl14": "ViT-L/14"}
+FRAMES = 12
+
+
+def command(name: str, workdir: str) -> list:
+  slice_name, config, overrides = ROWS[name]
+  return [sys.executable, "-m", "ps_jax.main", "--mode", "compile",
+          "--config", f"configs/{config}.py", "--workdir", os.path.join(workdir, name),
+          f"--config.compile.topology={slice_name}", "--config.compile.find_max_batch=True",
+          "--config.compile.programs=train_step", f"--config.data.num_frames={FRAMES}",
+          *overrides]
+
+
+def run_row(name: str, workdir: str) -> int:
+  os.makedirs(os.path.join(workdir, name), exist_ok=True)
+  with open(os.path.join(workdir, name, "log.txt"), "w") as log:
+    env = {**os.environ, "ALLOW_MULTIPLE_LIBTPU_LOAD": "1", "JAX_PLATFORMS": "cpu"}
+    return subprocess.run(command(name, workdir), stdout=log, stderr=subprocess.STDOUT,
+                          cwd=REPO, env=env, check=False).returncode
+
+
+def record(name: str, workdir: str):
+  d = os.path.join(workdir, name)
+  found = [f for f in os.listdir(d) if f.startswith("compile_")] if os.path.isdir(d) else []
+  if not found:
+    return None
+  with open(os.path.join(d, found[0])) as f:
+    return json.load(f)
+
+
+def row_line(name: str, r) -> str:
+  slice_name, config, _ = ROWS[name]
+  if r is None:
+    return f"| {slice_name} | {BACKBONES[config]} | not compiled yet | | | | | | | |"
+  mesh = ", ".join(f"{k}={v}" for k, v in r["mesh"].items())
+  lb, m, est = r["largest_batch"], r["programs"]["train_step"], r["train_estimate"]
+  vpc = lb["videos_per_chip"]
+  above = "refused" if lb["refused_above"] else "not tried"
+  return (f"| {slice_name} ({r['chips']} chips) | {BACKBONES[config]} | {mesh} | "
+          f"{r['model_dtype']}, remat {r['remat_policy']}, unroll {r['scan_unroll']} | "
+          f"**{vpc}** ({vpc * r['chips']}; {vpc + 1}: {above}) | "
+          f"{m['argument_bytes'] / GiB:.2f} | {m['temp_bytes'] / GiB:.2f} | "
+          f"{m['total_bytes'] / GiB:.2f} / {r['hbm_limit_bytes'] / GiB:.0f} | "
+          f"{est['flops_ratio']:.2f} | {est['compute_seconds'] * 1e3:.0f} / "
+          f"{est['memory_seconds'] * 1e3:.0f} ms ({est['bound']}) | {est['mfu']:.0%} |")
+
+
+def table(names, workdir: str) -> str:
+  head = ("| slice | backbone | mesh | compute | largest videos per chip (global batch; "
+          "one more) | arguments GiB | temporaries GiB | peak / HBM GiB | compiled / model "
+          "FLOPs | roofline: compute / HBM time | est. MFU bound |\n"
+          "|---|---|---|---|---|---:|---:|---:|---:|---|---:|")
+  return "\n".join([head] + [row_line(n, record(n, workdir)) for n in names])
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--rows", default=",".join(ROWS), help=f"comma list of {list(ROWS)}")
+  parser.add_argument("--workdir", default="/tmp/ps_jax_tpu_compile")
+  parser.add_argument("--jobs", type=int, default=1, help="rows compiled at once")
+  parser.add_argument("--table_only", action="store_true",
+                      help="assemble the table from the records already in --workdir")
+  parser.add_argument("--out", default="", help="write the results file here")
+  args = parser.parse_args()
+  names = args.rows.split(",")
+  for n in names:
+    if n not in ROWS:
+      parser.error(f"--rows: unknown {n!r}; choose from {list(ROWS)}")
+  if not args.table_only:
+    with concurrent.futures.ThreadPoolExecutor(args.jobs) as pool:
+      for n, rc in zip(names, pool.map(lambda n: run_row(n, args.workdir), names)):
+        print(f"{n}: exit {rc}", flush=True)
+  text = table(names, args.workdir)
+  print(text)
+  if args.out:
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
+                            text=True, cwd=REPO, check=False).stdout.strip()
+    first = next((record(n, args.workdir) for n in names if record(n, args.workdir)), {})
+    v = first.get("versions", {})
+    with open(args.out, "w") as f:
+      f.write(f"# TPU compile check: the launch table\n\nCommand: `python "
+              f"benchmarks/tpu_compile_table.py --jobs {args.jobs} --out {args.out}` (each "
+              f"row: `{' '.join(command(names[0], '<workdir>')[1:])}` with its slice, config "
+              f"and mesh)\nCommit: {commit}; date: "
+              f"{datetime.date.today().isoformat()}; host: {platform.node()} "
+              f"({os.cpu_count()} CPUs), jax {v.get('jax')}, libtpu {v.get('libtpu')}\n\n"
+              f"{text}\n")
+
+
+if __name__ == "__main__":
+  main()
