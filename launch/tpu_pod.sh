@@ -8,6 +8,11 @@
 #   launch/tpu_pod.sh [--dry-run] COMMAND [options] [-- MAIN_FLAGS...]
 #
 # Commands:
+#   precheck compile the run for the slice HERE, with the TPU compiler (libtpu, pip
+#            install -e ".[tpu]"): `ps_jax.main --mode compile` with --config, MAIN_FLAGS
+#            and --accelerator_type; exits non-zero when the train step does not fit a
+#            chip. `train` and `up` run it first (when the type is known); --no_precheck
+#            skips it
 #   create   create the TPU VM, unless `describe` finds it
 #   setup    copy the repository's committed HEAD (git archive), or clone --git_url, to
 #            ~/ps_jax on every worker, and install jax[tpu], the requirements and ps_jax
@@ -38,11 +43,15 @@
 #                            mount): orbax writes every host's shards into it
 #   --log_worker I           worker whose log `train` / `logs` follow (default 0)
 #   --python PY              interpreter of the workers' venv [TPU_PYTHON] (python3.11)
+#   --num_slices N           slices of --accelerator_type (multi-slice; precheck)
+#   --local_python PY        interpreter of the precheck [PS_JAX_PYTHON]; default the
+#                            repository's .venv/bin/python, else python3
+#   --no_precheck            train / up: do not compile first
 #   --dry-run                print the commands, one per line, and run nothing
 set -euo pipefail
 
 usage() {
-  sed -n '2,44p' "$0" | sed 's/^# \{0,1\}//'
+  sed -n '2,53p' "$0" | sed 's/^# \{0,1\}//'
   exit "${1:-0}"
 }
 
@@ -66,6 +75,12 @@ WORKDIR=""
 LOG_WORKER=0
 PYTHON="${TPU_PYTHON:-python3.11}"
 REPO="$(cd "$(dirname "$0")/.." && pwd)"
+NUM_SLICES=1
+PRECHECK=1
+LOCAL_PYTHON="${PS_JAX_PYTHON:-}"
+if [[ -z "$LOCAL_PYTHON" ]]; then
+  if [[ -x "$REPO/.venv/bin/python" ]]; then LOCAL_PYTHON="$REPO/.venv/bin/python"; else LOCAL_PYTHON=python3; fi
+fi
 REMOTE_DIR="ps_jax"                 # relative to the worker's home directory
 REMOTE_VENV="ps_jax_venv"
 REMOTE_LOG="ps_jax_train.log"
@@ -87,6 +102,9 @@ while [[ $# -gt 0 ]]; do
     --workdir) WORKDIR="${2:?--workdir needs a value}"; shift ;;
     --log_worker) LOG_WORKER="${2:?--log_worker needs a value}"; shift ;;
     --python) PYTHON="${2:?--python needs a value}"; shift ;;
+    --num_slices) NUM_SLICES="${2:?--num_slices needs a value}"; shift ;;
+    --local_python) LOCAL_PYTHON="${2:?--local_python needs a value}"; shift ;;
+    --no_precheck) PRECHECK=0 ;;
     -h|--help) usage 0 ;;
     --) shift; break ;;
     -*) die "unknown option '$1' (see --help)" ;;
@@ -99,12 +117,15 @@ done
 EXTRA=("$@")
 
 case "$COMMAND" in
-  create|setup|train|up|logs|exec|stop|status|delete) ;;
-  "") die "no command given (create, setup, train, up, logs, exec, stop, status, delete)" ;;
-  *) die "unknown command '$COMMAND' (create, setup, train, up, logs, exec, stop, status, delete)" ;;
+  precheck|create|setup|train|up|logs|exec|stop|status|delete) ;;
+  "") die "no command given (precheck, create, setup, train, up, logs, exec, stop, status, delete)" ;;
+  *) die "unknown command '$COMMAND' (precheck, create, setup, train, up, logs, exec, stop, status, delete)" ;;
 esac
-[[ -n "$NAME" ]] || die "--name (or TPU_NAME) is required"
-[[ -n "$ZONE" ]] || die "--zone (or TPU_ZONE) is required"
+[[ "$NUM_SLICES" =~ ^[1-9][0-9]*$ ]] || die "--num_slices must be a positive number, got '$NUM_SLICES'"
+if [[ "$COMMAND" != precheck ]]; then
+  [[ -n "$NAME" ]] || die "--name (or TPU_NAME) is required"
+  [[ -n "$ZONE" ]] || die "--zone (or TPU_ZONE) is required"
+fi
 [[ "$LOG_WORKER" =~ ^[0-9]+$ ]] || die "--log_worker must be a worker index, got '$LOG_WORKER'"
 
 # shellcheck disable=SC1091  # quote, show
@@ -169,6 +190,26 @@ do_setup() {
   fi
 }
 
+# Compiles the run for the slice on this machine (no TPU, no gcloud): a train step that
+# does not fit a chip stops here, before anything is booked.
+do_precheck() {
+  [[ -n "$TYPE" ]] || die "precheck needs --accelerator_type (or TPU_TYPE), e.g. v5p-128"
+  [[ -n "$CONFIG" ]] || die "precheck needs --config FILE (relative to the repository)"
+  local check=(env -C "$REPO" JAX_PLATFORMS=cpu "$LOCAL_PYTHON" -m ps_jax.main --mode compile
+               --config="$CONFIG" --workdir="${TMPDIR:-/tmp}/ps_jax_precheck_${NAME:-$TYPE}"
+               --config.compile.topology="$TYPE")
+  [[ "$NUM_SLICES" == 1 ]] || check+=(--config.compile.num_slices="$NUM_SLICES")
+  run "${check[@]}" "${EXTRA[@]}" || die "precheck: the run does not compile or fit on $TYPE (see above); nothing was booked"
+}
+
+maybe_precheck() {  # before train / up: only when the slice type is known
+  if [[ "$PRECHECK" == 1 && -n "$TYPE" ]]; then
+    do_precheck
+  elif [[ "$PRECHECK" == 1 ]]; then
+    echo "tpu_pod.sh: no --accelerator_type (or TPU_TYPE): precheck skipped" >&2
+  fi
+}
+
 do_logs() {
   run gcloud compute tpus tpu-vm ssh "$NAME" "${LOCATION[@]}" --worker="$LOG_WORKER" \
     --command="tail -n +1 -F \$HOME/$REMOTE_LOG"
@@ -188,10 +229,12 @@ do_train() {
 }
 
 case "$COMMAND" in
+  precheck) do_precheck ;;
   create) do_create ;;
   setup) do_setup ;;
-  train) do_train ;;
-  up) do_create; do_setup; do_train ;;
+  train) maybe_precheck; do_train ;;
+  up) [[ -n "$CONFIG" ]] || die "up needs --config FILE (relative to the repository)"
+      maybe_precheck; do_create; do_setup; do_train ;;
   logs) do_logs ;;
   exec)
     [[ ${#EXTRA[@]} -gt 0 ]] || die "exec needs a command after --"

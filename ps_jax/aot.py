@@ -355,23 +355,31 @@ def _peak(config, target, vpc: int) -> tuple[Optional[int], Optional[Measurement
     return e.needed, None
 
 
-def largest_batch(config, target: Target, say: Callable = print) -> BatchSearch:
+def largest_batch(config, target: Target, say: Callable = print,
+                  max_compiles: int = 8) -> BatchSearch:
   """The largest videos per chip whose train step fits in the chip's HBM.
 
   Peak memory is close to affine in the batch: two probe compiles
-  (config.compile.probe_batches, with scan_unroll = config.compile.search_unroll) fit a
-  line, the line predicts the largest batch, and the config's own step is compiled at
-  the prediction to confirm it (stepping down while it does not fit) and at one video
-  more to show that it is the largest.
+  (config.compile.probe_batches, with scan_unroll = config.compile.search_unroll; 0 =
+  the model's own) fit a line, and the line predicts the largest batch. The config's own
+  step is then compiled at the prediction and at one video more; where the plan bends
+  away from the line, the next try is the secant between the largest batch known to
+  fit and the smallest known not to (at most `max_compiles` confirmation compiles).
+  The result fits, and (`refused_above`) one video more was compiled and refused.
   """
   cc = config.compile
   unroll = cc.search_unroll or config.model.scan_unroll
+  same_program = unroll == config.model.scan_unroll
   probe_config = _with(config, **{"model.scan_unroll": unroll})
-  probes = []
+  probes, peaks, fits = [], {}, {}
   for vpc in cc.probe_batches:
     say(f"probe: train step at {vpc} videos per chip (scan_unroll={unroll}) ...")
-    peak, _ = _peak(probe_config, target, vpc)
-    probes.append((vpc, peak, peak is not None and peak <= target.hbm_limit))
+    peak, m = _peak(probe_config, target, vpc)
+    probes.append((vpc, peak, m is not None))
+    if same_program:
+      peaks[vpc] = peak
+      if m is not None:
+        fits[vpc] = m
   (b1, p1, _), (b2, p2, _) = probes
   if p1 is None or p2 is None or b2 <= b1:
     raise CompileCheckError("config.compile.probe_batches: two increasing batches whose "
@@ -379,21 +387,32 @@ def largest_batch(config, target: Target, say: Callable = print) -> BatchSearch:
                             f"{[(b, p) for b, p, _ in probes]}")
   slope = (p2 - p1) / (b2 - b1)
   intercept = p1 - slope * b1
-  predicted = max(int((target.hbm_limit - intercept) // slope), 0) if slope > 0 else b2
-  vpc, confirmed, refused_above = predicted, None, False
-  while vpc >= 1:
+  predicted = max(int((target.hbm_limit - intercept) // slope), 1) if slope > 0 else b2
+  lo = max(fits, default=0)                                  # fits
+  hi = min((b for b, p in peaks.items() if b not in fits), default=None)  # refused
+  guess = predicted
+  for _ in range(max_compiles):
+    if hi is not None and hi - lo <= 1:
+      break
+    vpc = max(lo + 1, min(guess, hi - 1) if hi is not None else guess)
     say(f"confirm: train step at {vpc} videos per chip (scan_unroll="
         f"{config.model.scan_unroll}) ...")
-    peak, m = _peak(config, target, vpc)
+    peaks[vpc], m = _peak(config, target, vpc)
     if m is not None:
-      confirmed = m
-      break
-    # Step down by the bytes over, at the probes' slope (at least one video).
-    over = (peak - target.hbm_limit) if peak else slope
-    vpc -= max(1, math.ceil(over / slope)) if slope > 0 else 1
-    refused_above = True
-  if confirmed is not None and not refused_above:
-    say(f"check: train step at {vpc + 1} videos per chip ...")
-    refused_above = _peak(config, target, vpc + 1)[1] is None
-  return BatchSearch(max(vpc, 0), predicted, slope, intercept, probes, confirmed,
-                     refused_above)
+      lo, fits[vpc] = vpc, m
+    else:
+      hi = vpc
+    guess = _secant(lo, peaks.get(lo), hi, peaks.get(hi), target.hbm_limit, slope)
+  refused_above = hi is not None and hi - lo <= 1
+  return BatchSearch(lo, predicted, slope, intercept, probes, fits.get(lo), refused_above)
+
+
+def _secant(lo: int, p_lo: Optional[int], hi: Optional[int], p_hi: Optional[int],
+            limit: int, slope: float) -> int:
+  """The next batch to try: where the line through the nearest fitting and refused
+  points (or from the fitting one at the probes' slope) reaches the limit."""
+  if hi is None or p_hi is None or p_lo is None or hi == lo:
+    base, peak = (lo, p_lo) if p_lo is not None else (hi or 1, p_hi or limit)
+    step = (limit - peak) / slope if slope > 0 else 1
+    return int(base + step) if step >= 1 else base + 1
+  return lo + int((limit - p_lo) * (hi - lo) / max(p_hi - p_lo, 1))

@@ -1,9 +1,15 @@
 """Shared pytest fixtures: tiny CLIP configs and HF checkpoints written to temp dirs."""
 
 import importlib.util
+import os
 import pathlib
 
-import jax
+# The TPU compiler (libtpu, from the test extra) is used only through compile-only
+# topologies (tests/test_aot.py); every computation, also in the tests' subprocesses,
+# runs on the CPU without probing for a TPU first.
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+import jax  # noqa: E402  pylint: disable=g-import-not-at-top
 import numpy as np
 import pytest
 

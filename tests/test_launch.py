@@ -220,8 +220,9 @@ def test_tpu_train_starts_every_worker_and_follows_the_log():
 def test_tpu_up_logs_stop_status_delete_exec():
   up = dry_run([TPU, "--dry-run", "up", *TPU_ARGS, "--accelerator_type", "v4-32",
                 "--config", "configs/msrvtt.py", "--workdir", "/mnt/shared/run1", "--",
-                "--config.batch_size=256"])
-  assert len(up) == 2 + 3 + 2 and remote(up[5]) == TRAIN and up[6] == LOGS
+                "--config.batch_size=256"], {"PS_JAX_PYTHON": sys.executable, "TMPDIR": "/tmp"})
+  assert len(up) == 1 + 2 + 3 + 2 and remote(up[6]) == TRAIN and up[7] == LOGS
+  assert up[0] == PRECHECK.format(type="v4-32", name="ps-pod") + " --config.batch_size=256"
   assert dry_run([TPU, "--dry-run", "logs", *TPU_ARGS, "--log_worker", "3"]) == [
       LOGS.replace("--worker=0", "--worker=3")]
   stop = dry_run([TPU, "--dry-run", "stop", *TPU_ARGS])
@@ -237,6 +238,48 @@ def test_tpu_up_logs_stop_status_delete_exec():
   assert remote(ex[0]) == "gsutil -m cp -r gs://b/data /data"
 
 
+PRECHECK = (f"env -C {REPO} JAX_PLATFORMS=cpu {sys.executable} -m ps_jax.main --mode compile "
+            "--config=configs/msrvtt.py --workdir=/tmp/ps_jax_precheck_{name} "
+            "--config.compile.topology={type}")
+
+
+def test_tpu_precheck_runs_first_and_dry_run_prints_it():
+  env = {"PS_JAX_PYTHON": sys.executable, "TMPDIR": "/tmp"}
+  lines = dry_run([TPU, "--dry-run", "precheck", "--accelerator_type", "v5p-128",
+                   "--num_slices", "2", "--config", "configs/msrvtt.py", "--",
+                   "--config.batch_size=512"], env)
+  assert lines == [PRECHECK.format(type="v5p-128", name="v5p-128")
+                   + " --config.compile.num_slices=2 --config.batch_size=512"]
+  train = dry_run([TPU, "--dry-run", "train", *TPU_ARGS, "--accelerator_type", "v4-32",
+                   "--config", "configs/msrvtt.py", "--workdir", "/w"], env)
+  assert train[0] == PRECHECK.format(type="v4-32", name="ps-pod") and len(train) == 3
+  skipped = dry_run([TPU, "--dry-run", "train", *TPU_ARGS, "--no_precheck",
+                     "--accelerator_type", "v4-32", "--config", "c.py", "--workdir", "/w"])
+  assert len(skipped) == 2 and "ps_jax.main --mode compile" not in skipped[0]
+
+
+@pytest.mark.libtpu
+def test_tpu_up_stops_on_the_laptop_when_the_step_does_not_fit(tmp_path):
+  """A real precheck (the TPU compiler on this CPU) refuses 400,000 videos per chip of
+  the tiny model on v5e:2x2; `up` then exits before any gcloud command runs."""
+  bin_dir = tmp_path / "bin"
+  bin_dir.mkdir()
+  gcloud = bin_dir / "gcloud"
+  gcloud.write_text(f"#!/bin/sh\necho called >> {tmp_path}/gcloud_calls\n")
+  gcloud.chmod(0o755)
+  env = {"PATH": f"{bin_dir}:{os.environ['PATH']}", "PS_JAX_PYTHON": sys.executable,
+         "TMPDIR": str(tmp_path), "ALLOW_MULTIPLE_LIBTPU_LOAD": "1"}
+  proc = run([TPU, "up", "--name", "p", "--zone", "z", "--accelerator_type", "v5e:2x2",
+              "--config", "tests/configs/tiny.py", "--workdir", "/w", "--",
+              "--config.mesh.data=2", "--config.mesh.fsdp=2",
+              "--config.compile.videos_per_chip=400000",
+              "--config.compile.programs=train_step"], env, timeout=600)
+  assert proc.returncode == 2, proc.stderr[-3000:]
+  assert "does not fit: train_step does not fit: needs" in proc.stderr
+  assert "precheck: the run does not compile or fit on v5e:2x2" in proc.stderr
+  assert not (tmp_path / "gcloud_calls").exists()
+
+
 @pytest.mark.parametrize("args,env,message", [
     (["create", "--zone", "z"], {}, "--name (or TPU_NAME) is required"),
     (["create", "--name", "p"], {}, "--zone (or TPU_ZONE) is required"),
@@ -246,6 +289,11 @@ def test_tpu_up_logs_stop_status_delete_exec():
     (["train", "--workdir", "/w"], {"TPU_NAME": "p", "TPU_ZONE": "z"}, "--config FILE"),
     (["train", "--config", "c.py"], {"TPU_NAME": "p", "TPU_ZONE": "z"}, "--workdir DIR"),
     (["launch"], {}, "unknown command 'launch'"),
+    (["precheck", "--config", "c.py"], {}, "precheck needs --accelerator_type"),
+    (["precheck", "--accelerator_type", "v4-32"], {}, "precheck needs --config FILE"),
+    (["up", "--accelerator_type", "v4-32"], {"TPU_NAME": "p", "TPU_ZONE": "z"},
+     "up needs --config FILE"),
+    (["precheck", "--num_slices", "0"], {}, "--num_slices must be a positive number"),
     ([], {}, "no command given"),
 ])
 def test_tpu_errors_name_the_option(args, env, message):

@@ -183,3 +183,24 @@ def test_profile_shares_are_quoted_from_the_recorded_profile():
   assert (f"{f32_copy} of the float32 step's thunk time is copies ({f32_matmul} is "
           "matmuls)") in readme
   assert f"(bfloat16 unrolled: {bf16_copy} copies)" in readme
+
+
+def test_tpu_compile_table_is_quoted_from_its_results_file():
+  """README's and launch/README's slice tables are benchmarks/tpu_compile_table.py's, as
+  recorded with its command, commit, date and compiler versions, every row compiled."""
+  kept_text = _read("benchmarks", "RESULTS_tpu_compile.md")
+  for field in ("Command: `python benchmarks/tpu_compile_table.py", "Commit: ", "date: 20",
+                "jax 0.", "libtpu 0."):
+    assert field in kept_text, field
+  kept = [l for l in kept_text.splitlines() if l.startswith("|")]
+  rows = kept[2:]
+  assert len(rows) == 9 and not any("not compiled" in r for r in rows)
+  for slice_name in ("v4-32 (16 chips)", "v5e-64 (64 chips)", "v5p-128 (64 chips)"):
+    assert {r.split("|")[2].strip() for r in rows if slice_name in r} == {
+        "ViT-B/32", "ViT-B/16", "ViT-L/14"}
+  assert all("fsdp=1 |" in r for r in rows if "ViT-B" in r)
+  assert all("fsdp=1 |" not in r for r in rows if "ViT-L/14" in r)
+  for doc in (_read("README.md"), _read("launch", "README.md")):
+    lines = doc.splitlines()
+    start = lines.index(kept[0])
+    assert lines[start:start + len(kept)] == kept
