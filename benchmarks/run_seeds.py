@@ -160,9 +160,9 @@ def print_summary(results: dict, seeds: Sequence[int], markdown: bool) -> None:
           f"{'-' if wall is None else f'{wall:.0f} s'}")
 
 
-# Fields that only label what a run prints (published numbers shown beside ours): they
-# cannot change a result, so they do not count towards the digest.
-REPORT_ONLY_FIELDS = ("reference",)
+# Fields that cannot change a training result, so they do not count towards the digest:
+# published numbers printed beside ours, and the settings of `--mode compile`.
+REPORT_ONLY_FIELDS = ("reference", "compile")
 
 
 def config_digest(path: str) -> str:

@@ -3,6 +3,8 @@ with find_max_batch on a TPU slice, compiled on this CPU by the real TPU compile
 
   python benchmarks/tpu_compile_table.py --out benchmarks/RESULTS_tpu_compile.md
   python benchmarks/tpu_compile_table.py --rows b32-v5e-64,l14-v5p-128 --jobs 2
+  python benchmarks/tpu_compile_table.py --table_only --out benchmarks/RESULTS_tpu_compile.md \
+      --update_docs      # the table from the records so far, quoted into the READMEs
 
 Each row runs in its own process (logs and JSON records under --workdir) and the table
 is assembled from the records; a row that has not finished is listed as such. Needs
@@ -47,11 +49,11 @@ def command(name: str, workdir: str) -> list:
           *overrides]
 
 
-def run_row(name: str, workdir: str) -> int:
+def run_row(name: str, workdir: str, extra=()) -> int:
   os.makedirs(os.path.join(workdir, name), exist_ok=True)
   with open(os.path.join(workdir, name, "log.txt"), "w") as log:
     env = {**os.environ, "ALLOW_MULTIPLE_LIBTPU_LOAD": "1", "JAX_PLATFORMS": "cpu"}
-    return subprocess.run(command(name, workdir), stdout=log, stderr=subprocess.STDOUT,
+    return subprocess.run(command(name, workdir) + list(extra), stdout=log, stderr=subprocess.STDOUT,
                           cwd=REPO, env=env, check=False).returncode
 
 
@@ -71,7 +73,7 @@ def row_line(name: str, r) -> str:
   mesh = ", ".join(f"{k}={v}" for k, v in r["mesh"].items())
   lb, m, est = r["largest_batch"], r["programs"]["train_step"], r["train_estimate"]
   vpc = lb["videos_per_chip"]
-  above = "refused" if lb["refused_above"] else "not tried"
+  above = "refused" if lb["refused_above"] else "not compiled"
   return (f"| {slice_name} ({r['chips']} chips) | {BACKBONES[config]} | {mesh} | "
           f"{r['model_dtype']}, remat {r['remat_policy']}, unroll {r['scan_unroll']} | "
           f"**{vpc}** ({vpc * r['chips']}; {vpc + 1}: {above}) | "
@@ -89,14 +91,41 @@ def table(names, workdir: str) -> str:
   return "\n".join([head] + [row_line(n, record(n, workdir)) for n in names])
 
 
+DOCS = ("README.md", os.path.join("launch", "README.md"))
+
+
+def update_docs(text: str) -> None:
+  """Replaces the table (or its TPU_COMPILE_TABLE placeholder) in README and launch/."""
+  header = text.splitlines()[0]
+  for doc in DOCS:
+    path = os.path.join(REPO, doc)
+    with open(path, encoding="utf-8") as f:
+      lines = f.read().split("\n")
+    if "TPU_COMPILE_TABLE" in lines:
+      start = end = lines.index("TPU_COMPILE_TABLE")
+    else:
+      start = lines.index(header)
+      end = start
+      while end + 1 < len(lines) and lines[end + 1].startswith("|"):
+        end += 1
+    lines[start:end + 1] = text.splitlines()
+    with open(path, "w", encoding="utf-8") as f:
+      f.write("\n".join(lines))
+
+
 def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--rows", default=",".join(ROWS), help=f"comma list of {list(ROWS)}")
   parser.add_argument("--workdir", default="/tmp/ps_jax_tpu_compile")
   parser.add_argument("--jobs", type=int, default=1, help="rows compiled at once")
+  parser.add_argument("--no_check_above", action="store_true",
+                      help="do not compile one video more than the largest that fits "
+                      "(an over-HBM compile can take 10+ minutes here)")
   parser.add_argument("--table_only", action="store_true",
                       help="assemble the table from the records already in --workdir")
   parser.add_argument("--out", default="", help="write the results file here")
+  parser.add_argument("--update_docs", action="store_true",
+                      help="put the table into README.md and launch/README.md")
   args = parser.parse_args()
   names = args.rows.split(",")
   for n in names:
@@ -104,7 +133,8 @@ def main():
       parser.error(f"--rows: unknown {n!r}; choose from {list(ROWS)}")
   if not args.table_only:
     with concurrent.futures.ThreadPoolExecutor(args.jobs) as pool:
-      for n, rc in zip(names, pool.map(lambda n: run_row(n, args.workdir), names)):
+      extra = ["--config.compile.check_above=False"] if args.no_check_above else []
+      for n, rc in zip(names, pool.map(lambda n: run_row(n, args.workdir, extra), names)):
         print(f"{n}: exit {rc}", flush=True)
   text = table(names, args.workdir)
   print(text)
@@ -121,6 +151,8 @@ def main():
               f"{datetime.date.today().isoformat()}; host: {platform.node()} "
               f"({os.cpu_count()} CPUs), jax {v.get('jax')}, libtpu {v.get('libtpu')}\n\n"
               f"{text}\n")
+  if args.update_docs:
+    update_docs(text)
 
 
 if __name__ == "__main__":

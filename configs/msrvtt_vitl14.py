@@ -6,7 +6,8 @@
 Same recipe as configs/msrvtt_vitb32.py on OpenAI's ViT-L/14 (304 M vision + 123 M text
 parameters; 257 vision tokens a frame). Parameters, gradients and AdamW moments are
 split over `mesh.fsdp` chips (a quarter each here), bfloat16 compute, dots-saveable
-remat. Check that it fits a slice before booking it:
+remat; the 24 vision layers run as 2 scan iterations of 12 unrolled layers (the base
+config's scan_unroll). Check that it fits a slice before booking it:
   python -m ps_jax.main --mode compile --config configs/msrvtt_vitl14.py --workdir /tmp/c \
       --config.compile.topology=v5p-128 --config.compile.find_max_batch=True
 (benchmarks/RESULTS_tpu_compile.md has the compiled table). The paper reports no

@@ -36,7 +36,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 from ps_jax import api, embed, experiment, optim, sharding, topology
 from ps_jax import flops as flops_lib
 from ps_jax import train_step as ts
-from ps_jax.models.clip import ClipConfig, TextConfig, VisionConfig
+from ps_jax.models.clip import ClipConfig
 from ps_jax.retrieval import topk
 
 GiB = topology.GiB
@@ -83,16 +83,7 @@ def make_target(config) -> Target:
 def clip_config(config) -> ClipConfig:
   """The architecture without weights or tokenizer: the init checkpoint's config.json
   when it is here, else config.model.clip (vocab_size -1 = CLIP's 49,408)."""
-  init = config.model.init_from
-  if init and os.path.isdir(init):
-    return ClipConfig.from_hf(init)
-  c = config.model.clip
-  text = dict(c.text)
-  if text.get("vocab_size", -1) in (-1, None):
-    text["vocab_size"] = CLIP_VOCAB_SIZE
-  text.setdefault("max_position_embeddings", config.data.max_len)
-  return ClipConfig(text=TextConfig(**text), vision=VisionConfig(**dict(c.vision)),
-                    projection_dim=c.projection_dim)
+  return experiment.clip_config_from(config, vocab_size=CLIP_VOCAB_SIZE)
 
 
 def build_model(config, mesh):
@@ -365,7 +356,9 @@ def largest_batch(config, target: Target, say: Callable = print,
   step is then compiled at the prediction and at one video more; where the plan bends
   away from the line, the next try is the secant between the largest batch known to
   fit and the smallest known not to (at most `max_compiles` confirmation compiles).
-  The result fits, and (`refused_above`) one video more was compiled and refused.
+  The result fits, and (`refused_above`) one video more was compiled and refused (not
+  tried when config.compile.check_above is False: a batch over the HBM compiles slowly,
+  the TPU compiler trying rematerialisation before it gives up).
   """
   cc = config.compile
   unroll = cc.search_unroll or config.model.scan_unroll
@@ -375,6 +368,7 @@ def largest_batch(config, target: Target, say: Callable = print,
   for vpc in cc.probe_batches:
     say(f"probe: train step at {vpc} videos per chip (scan_unroll={unroll}) ...")
     peak, m = _peak(probe_config, target, vpc)
+    say(f"  peak {_gib(peak)} GiB per chip: {'fits' if m else 'refused'}")
     probes.append((vpc, peak, m is not None))
     if same_program:
       peaks[vpc] = peak
@@ -392,12 +386,13 @@ def largest_batch(config, target: Target, say: Callable = print,
   hi = min((b for b, p in peaks.items() if b not in fits), default=None)  # refused
   guess = predicted
   for _ in range(max_compiles):
-    if hi is not None and hi - lo <= 1:
+    if (hi is not None and hi - lo <= 1) or (lo and not cc.check_above):
       break
     vpc = max(lo + 1, min(guess, hi - 1) if hi is not None else guess)
     say(f"confirm: train step at {vpc} videos per chip (scan_unroll="
         f"{config.model.scan_unroll}) ...")
     peaks[vpc], m = _peak(config, target, vpc)
+    say(f"  peak {_gib(peaks[vpc])} GiB per chip: {'fits' if m else 'refused'}")
     if m is not None:
       lo, fits[vpc] = vpc, m
     else:
@@ -405,6 +400,10 @@ def largest_batch(config, target: Target, say: Callable = print,
     guess = _secant(lo, peaks.get(lo), hi, peaks.get(hi), target.hbm_limit, slope)
   refused_above = hi is not None and hi - lo <= 1
   return BatchSearch(lo, predicted, slope, intercept, probes, fits.get(lo), refused_above)
+
+
+def _gib(x: Optional[int]) -> str:
+  return "?" if x is None else f"{x / GiB:.2f}"
 
 
 def _secant(lo: int, p_lo: Optional[int], hi: Optional[int], p_hi: Optional[int],

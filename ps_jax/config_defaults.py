@@ -115,6 +115,7 @@ def base_config() -> ml_collections.ConfigDict:
                                  # instead of config.batch_size
       "find_max_batch": False,   # search the largest videos per chip whose step fits
       "probe_batches": (4, 16),  # videos per chip of the two compiles that predict it
+      "check_above": True,       # also compile one video more, which must be refused
       "search_unroll": 0,        # scan_unroll of the probes; 0: the model's own (a rolled
                                  # scan compiles ~5x faster but plans memory differently)
       "hbm_gib": 0.0,            # per-chip budget; 0 = the chip's HBM

@@ -248,15 +248,16 @@ def build_tokenizer(config) -> tokenizer_lib.Tokenizer:
     raise ConfigError(f"config.data.tokenizer: {e}") from e
 
 
-def clip_config_from(config, tokenizer) -> ClipConfig:
-  """The CLIP architecture: from the init checkpoint, else from config.model.clip."""
+def clip_config_from(config, tokenizer=None, *, vocab_size: Optional[int] = None) -> ClipConfig:
+  """The CLIP architecture: from the init checkpoint, else from config.model.clip, whose
+  vocab_size -1 means the tokenizer's (or `vocab_size`, without a tokenizer)."""
   init = config.model.init_from
   if init and os.path.isdir(init):
     return ClipConfig.from_hf(init)
   c = config.model.clip
   text = dict(c.text)
   if text.get("vocab_size", -1) in (-1, None):
-    text["vocab_size"] = tokenizer.vocab_size
+    text["vocab_size"] = tokenizer.vocab_size if tokenizer is not None else vocab_size
   text.setdefault("max_position_embeddings", config.data.max_len)
   return ClipConfig(text=TextConfig(**text), vision=VisionConfig(**dict(c.vision)),
                     projection_dim=c.projection_dim,
