@@ -287,7 +287,9 @@ def compile_programs(config, target: Target, programs=None, say: Callable = prin
   Returns {program: Measurement} in order. Raises DoesNotFit for the first program that
   exceeds the chip's HBM (or config.compile.hbm_gib).
   """
-  names = programs or [p.strip() for p in config.compile.programs.split(",") if p.strip()]
+  if programs is None:
+    programs = [p.strip() for p in config.compile.programs.split(",") if p.strip()]
+  names = list(programs)
   unknown = sorted(set(names) - set(PROGRAMS))
   if unknown:
     raise CompileCheckError(f"config.compile.programs: unknown {unknown}; choose from "
@@ -384,9 +386,9 @@ def largest_batch(config, target: Target, say: Callable = print,
   predicted = max(int((target.hbm_limit - intercept) // slope), 1) if slope > 0 else b2
   lo = max(fits, default=0)                                  # fits
   hi = min((b for b, p in peaks.items() if b not in fits), default=None)  # refused
-  guess = predicted
+  guess, confirmed = predicted, False
   for _ in range(max_compiles):
-    if (hi is not None and hi - lo <= 1) or (lo and not cc.check_above):
+    if (hi is not None and hi - lo <= 1) or (confirmed and not cc.check_above):
       break
     vpc = max(lo + 1, min(guess, hi - 1) if hi is not None else guess)
     say(f"confirm: train step at {vpc} videos per chip (scan_unroll="
@@ -394,7 +396,7 @@ def largest_batch(config, target: Target, say: Callable = print,
     peaks[vpc], m = _peak(config, target, vpc)
     say(f"  peak {_gib(peaks[vpc])} GiB per chip: {'fits' if m else 'refused'}")
     if m is not None:
-      lo, fits[vpc] = vpc, m
+      lo, fits[vpc], confirmed = vpc, m, True
     else:
       hi = vpc
     guess = _secant(lo, peaks.get(lo), hi, peaks.get(hi), target.hbm_limit, slope)
