@@ -174,8 +174,8 @@ def main():
     v = first.get("versions", {})
     with open(args.out, "w") as f:
       f.write(f"# TPU compile check: the launch table\n\nCommand: `python "
-              f"benchmarks/tpu_compile_table.py --jobs {args.jobs} --out {args.out}` (each "
-              f"row: `{' '.join(command(names[0], '<workdir>')[1:])}` with its slice, config "
+              f"benchmarks/tpu_compile_table.py {' '.join(sys.argv[1:])}` (each row: "
+              f"`{' '.join(command(names[0], '<workdir>')[1:])}` with its slice, config "
               f"and mesh)\nCommit: {commit}; date: "
               f"{datetime.date.today().isoformat()}; host: {platform.node()} "
               f"({os.cpu_count()} CPUs), jax {v.get('jax')}, libtpu {v.get('libtpu')}\n\n"
