@@ -174,7 +174,7 @@ def main(argv=None) -> int:
         f"| recall@{args.k} vs numpy |")
   print("|---:|---|---:|---:|---:|---:|---:|---:|")
   for n, name, s50, s95, b50, b95, qps, rec in rows_out:
-    print(f"| {n:,} | {name} | {s50:.2f} | {s95:.2f} | {b50:.1f} | {b95:.1f} | {qps:,.0f} "
+    print(f"| {n:,} | {name} | {s50:.2f} | {s95:.2f} | {b50:.3f} | {b95:.3f} | {qps:,.0f} "
           f"| {rec:.3f} |")
   print(f"\nTotal time {time.perf_counter() - t_start:.0f} s.")
   return 0
