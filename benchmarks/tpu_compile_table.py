@@ -57,8 +57,9 @@ NOTES = """
   --config.compile.programs=train_step --config.data.num_frames=12
   --config.model.scan_unroll=1`, then `=12`): rolled compiles in 27 s against 144 s, but
   plans 3.56 GiB of temporaries against 2.03 GiB, and its `cost_analysis()` counts the
-  loop body without its trip count (0.20 against 1.56 TFLOP). It cannot stand in for the unrolled step:
-  the probes compile the config's own program (`config.compile.search_unroll = 0`).
+  loop body without its trip count (0.20 against 1.56 TFLOP). It cannot stand in for
+  the unrolled step: the probes compile the config's own program
+  (`config.compile.search_unroll = 0`).
 - `optimal_seconds` came out negative on every compile here (-64 s rolled, -373 s
   unrolled for the step above), so the estimates use the roofline; the field is kept in
   each JSON record.
@@ -82,8 +83,9 @@ def run_row(name: str, workdir: str, extra=()) -> int:
   os.makedirs(os.path.join(workdir, name), exist_ok=True)
   with open(os.path.join(workdir, name, "log.txt"), "w") as log:
     env = {**os.environ, "ALLOW_MULTIPLE_LIBTPU_LOAD": "1", "JAX_PLATFORMS": "cpu"}
-    return subprocess.run(command(name, workdir) + list(extra), stdout=log, stderr=subprocess.STDOUT,
-                          cwd=REPO, env=env, check=False).returncode
+    return subprocess.run(command(name, workdir) + list(extra), stdout=log,
+                          stderr=subprocess.STDOUT, cwd=REPO, env=env,
+                          check=False).returncode
 
 
 def record(name: str, workdir: str):

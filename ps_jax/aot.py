@@ -126,16 +126,18 @@ def lower_train_step(config, mesh, model, params_sharding, batch: int):
   return step.lower(*args), args
 
 
-def lower_encoders(config, mesh, model, params_sharding) -> dict:
-  """The evaluation / index encoders of `embed.make_encoders`, lowered for the eval batch."""
+def lower_encoder(config, mesh, model, params_sharding, name: str):
+  """One encoder of `embed.make_encoders` ("encode_video" or "encode_text"), lowered for
+  the eval batch; returns (lowered, abstract arguments)."""
   encode_video, encode_text = embed.make_encoders(model, mesh, params_sharding)
   params = _abstract(api.param_shapes(model), params_sharding)
   d, b = config.data, config.eval_batch_size
   batch = _batch_abstract(mesh, b, d.eval_num_frames, d.image_size, d.max_len)
-  video = (params, batch["frames"])
-  text = (params, batch["input_ids"], batch["attention_mask"])
-  return {"encode_video": (encode_video.lower(*video), video),
-          "encode_text": (encode_text.lower(*text), text)}
+  if name == "encode_video":
+    args, fn = (params, batch["frames"]), encode_video
+  else:
+    args, fn = (params, batch["input_ids"], batch["attention_mask"]), encode_text
+  return fn.lower(*args), args
 
 
 def lower_search(config, mesh, dim: int):
@@ -250,11 +252,8 @@ def _with(config, **fields):
   """A copy of `config` with dotted fields set ("model.scan_unroll": 1)."""
   config = config.copy_and_resolve_references()
   for dotted, value in fields.items():
-    *parents, key = dotted.split(".")
-    node = config
-    for p in parents:
-      node = node[p]
-    node[key] = value
+    parent, _, key = dotted.rpartition(".")
+    (experiment.get_field(config, parent) if parent else config)[key] = value
   return config
 
 
@@ -304,7 +303,7 @@ def compile_programs(config, target: Target, programs=None, say: Callable = prin
     elif name == "search_topk":
       lowered, args = lower_search(config, target.mesh, model.clip.projection_dim), None
     else:
-      lowered, args = lower_encoders(config, target.mesh, model, params_sharding)[name]
+      lowered, args = lower_encoder(config, target.mesh, model, params_sharding, name)
     try:
       out[name] = measure(name, lowered, target.hbm_limit, args)
     except DoesNotFit as e:
@@ -313,14 +312,15 @@ def compile_programs(config, target: Target, programs=None, say: Callable = prin
   return out
 
 
-def train_estimate(config, target: Target, m: Measurement, optimal_ok: bool = False) -> dict:
-  """`step_estimate` of a compiled train step against the model's analytic FLOPs per chip."""
+def train_estimate(config, target: Target, m: Measurement) -> dict:
+  """`step_estimate` of a compiled train step against the model's analytic FLOPs per chip
+  (the roofline: one compile cannot show that `optimal_seconds` grows with the batch)."""
   model, _ = build_model(config, target.mesh)
   per_chip = config.batch_size / target.spec.total_chips
-  flops = flops_lib.analytic_train_flops(model, per_chip, config.data.num_frames, config.data.max_len)
-  ok = optimal_ok and (m.optimal_seconds or 0) > 0
+  flops = flops_lib.analytic_train_flops(model, per_chip, config.data.num_frames,
+                                         config.data.max_len)
   return flops_lib.step_estimate(m.flops, m.bytes_accessed, m.optimal_seconds,
-                                 target.spec.chip, flops, ok)
+                                 target.spec.chip, flops, optimal_ok=False)
 
 
 @dataclasses.dataclass
@@ -335,10 +335,11 @@ class BatchSearch:
   refused_above: bool            # videos_per_chip + 1 was compiled and refused
 
 
-def _peak(config, target, vpc: int) -> tuple[Optional[int], Optional[Measurement]]:
-  """(peak bytes or None, Measurement when it fits) of the train step at vpc per chip."""
+def _peak(config, target, built, vpc: int) -> tuple[Optional[int], Optional[Measurement]]:
+  """(peak bytes or None, Measurement when it fits) of the train step at vpc per chip;
+  `built` is `build_model(config, target.mesh)` (the batch does not change it)."""
   config = checked_config(config, target, vpc)
-  model, params_sharding = build_model(config, target.mesh)
+  model, params_sharding = built
   lowered, args = lower_train_step(config, target.mesh, model, params_sharding,
                                    config.batch_size)
   try:
@@ -366,11 +367,13 @@ def largest_batch(config, target: Target, say: Callable = print,
   unroll = cc.search_unroll or config.model.scan_unroll
   same_program = unroll == config.model.scan_unroll
   probe_config = _with(config, **{"model.scan_unroll": unroll})
+  probe_model = build_model(probe_config, target.mesh)
+  own_model = probe_model if same_program else build_model(config, target.mesh)
   probes, peaks, fits = [], {}, {}
   for vpc in cc.probe_batches:
     say(f"probe: train step at {vpc} videos per chip (scan_unroll={unroll}) ...")
-    peak, m = _peak(probe_config, target, vpc)
-    say(f"  peak {_gib(peak)} GiB per chip: {'fits' if m else 'refused'}")
+    peak, m = _peak(probe_config, target, probe_model, vpc)
+    say(f"  peak {gib(peak)} GiB per chip: {'fits' if m else 'refused'}")
     probes.append((vpc, peak, m is not None))
     if same_program:
       peaks[vpc] = peak
@@ -393,8 +396,8 @@ def largest_batch(config, target: Target, say: Callable = print,
     vpc = max(lo + 1, min(guess, hi - 1) if hi is not None else guess)
     say(f"confirm: train step at {vpc} videos per chip (scan_unroll="
         f"{config.model.scan_unroll}) ...")
-    peaks[vpc], m = _peak(config, target, vpc)
-    say(f"  peak {_gib(peaks[vpc])} GiB per chip: {'fits' if m else 'refused'}")
+    peaks[vpc], m = _peak(config, target, own_model, vpc)
+    say(f"  peak {gib(peaks[vpc])} GiB per chip: {'fits' if m else 'refused'}")
     if m is not None:
       lo, fits[vpc], confirmed = vpc, m, True
     else:
@@ -404,8 +407,9 @@ def largest_batch(config, target: Target, say: Callable = print,
   return BatchSearch(lo, predicted, slope, intercept, probes, fits.get(lo), refused_above)
 
 
-def _gib(x: Optional[int]) -> str:
-  return "?" if x is None else f"{x / GiB:.2f}"
+def gib(x: Optional[float]) -> str:
+  """Bytes as GiB with 2 decimals ("-" when unknown)."""
+  return "-" if x is None else f"{x / GiB:.2f}"
 
 
 def _secant(lo: int, p_lo: Optional[int], hi: Optional[int], p_hi: Optional[int],

@@ -20,6 +20,7 @@ from typing import Callable, Optional
 import jax
 
 from ps_jax import aot, fileio, topology
+from ps_jax.aot import gib
 
 GiB = topology.GiB
 
@@ -33,10 +34,6 @@ def versions() -> dict:
     except metadata.PackageNotFoundError:
       out[dist] = None
   return out
-
-
-def gib(x: Optional[float]) -> str:
-  return "-" if x is None else f"{x / GiB:.2f}"
 
 
 def format_programs(measured: dict, limit: int) -> str:

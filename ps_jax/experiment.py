@@ -69,7 +69,8 @@ _FIELD_CHECKS = (
 )
 
 
-def _field(config, dotted: str):
+def get_field(config, dotted: str):
+  """config's value at a dotted path ("model.scan_unroll")."""
   value = config
   for key in dotted.split("."):
     value = value[key]
@@ -82,7 +83,7 @@ def validate_config(config, num_devices: Optional[int] = None,
   num_devices = jax.device_count() if num_devices is None else num_devices
   num_processes = jax.process_count() if num_processes is None else num_processes
   for dotted, ok, expected in _FIELD_CHECKS:
-    value = _field(config, dotted)
+    value = get_field(config, dotted)
     if not ok(value):
       raise ConfigError(f"config.{dotted}={value!r} must be {expected}")
   m, d = config.model, config.data
@@ -179,7 +180,7 @@ def apply_protocol(config, splits=()):
     if dotted == "data.train_split" and value not in splits:
       continue
     *parents, key = dotted.split(".")
-    node = _field(config, ".".join(parents)) if parents else config
+    node = get_field(config, ".".join(parents)) if parents else config
     if node[key] != value:
       changed.append(f"{dotted}={value!r}")
       node[key] = value

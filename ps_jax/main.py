@@ -5,11 +5,12 @@ workdir checkpoint, or config.model.init_from zero-shot), index (embed every vid
 of a split once into a search index, `ps_jax.index_videos`; then `python -m
 ps_jax.search --index <workdir>/index_test --query "..."`) and compile (the run's
 programs compiled for a TPU slice on this machine, `--config.compile.topology=v5p-128`:
-memory per chip, FLOPs, an estimated step time; exits 1 when a program does not fit). Config fields are overridden
-with `--config.batch_size=64`-style flags. On several hosts run the same command on
-every host: `jax.distributed.initialize()` is called first (auto-detected on TPU VMs
-and SLURM, or from the --coordinator_address / --num_processes / --process_id flags or
-the JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID environment variables).
+memory per chip, FLOPs, an estimated step time; exits 1 when a program does not fit).
+Config fields are overridden with `--config.batch_size=64`-style flags. On several
+hosts run the same command on every host: `jax.distributed.initialize()` is called
+first (auto-detected on TPU VMs and SLURM, or from the --coordinator_address /
+--num_processes / --process_id flags or the JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES /
+JAX_PROCESS_ID environment variables).
 launch/ has the scripts that start it on a TPU pod, a SLURM cluster or one machine.
 
 Layer: front end (thin: flags, then `train`, `evaluate`, `retrieval.build` or
