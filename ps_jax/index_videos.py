@@ -16,7 +16,7 @@ video is its file stem). Either way each video is processed like evaluation does
 crop to the model's image size, CLIP normalisation, then `encode_video`.
 
 Every process decodes its slice of each global batch (threads), the batch is encoded
-on the whole (data, fsdp) mesh, and process 0 writes the index (`ps_jax.index`): ids,
+on the whole (data, fsdp) mesh, and process 0 writes the index (`ps_jax.retrieval.store`): ids,
 L2-normalised embeddings (float16 by default), the model fingerprint and the metadata
 that `ps_jax.search` needs to embed text queries later (model path, tokenizer, caption
 length, frames, image size), plus what `ps_jax.serve`'s page shows: a JPEG strip of 4
@@ -27,8 +27,7 @@ a model other than the one that built the index. On several hosts run the same c
 on every host (`jax.distributed.initialize()` as in `ps_jax.main`); every process reads
 the source, and with --append the index, so both must be on a shared filesystem.
 
-Layer: front end. The library is `ps_jax.retrieval` (sources, build, model); the names
-below are re-exported for the old import path `ps_jax.index_videos`.
+Layer: front end (imports the library `ps_jax.retrieval`: sources, build, model).
 """
 
 from __future__ import annotations
@@ -40,15 +39,10 @@ from typing import Optional, Sequence
 from ps_jax import checkpoints, distributed, reporting
 from ps_jax.models.clip import ClipConfig
 from ps_jax.retrieval import store
-from ps_jax.retrieval.build import (REPORT_FILE, SKIP_REASONS, EmbedResult,  # noqa: F401
-                                    IndexSummary, Skipped, build_index, embed_source,
-                                    index_from_config)
-from ps_jax.retrieval.model import (IndexModel, ModelLoadError, load_tokenizer,  # noqa: F401
-                                    model_description, model_fingerprint, tokenizer_spec)
-from ps_jax.retrieval.sources import (DEFAULT_FRAMES_PER_VIDEO,  # noqa: F401
-                                      DEFAULT_SHORT_SIDE, IndexBuildError, Loaded,
-                                      VideoSource, dataset_source, eval_clip,
-                                      video_dir_source)
+from ps_jax.retrieval.build import build_index
+from ps_jax.retrieval.model import ModelLoadError
+from ps_jax.retrieval.sources import (DEFAULT_FRAMES_PER_VIDEO, DEFAULT_SHORT_SIDE,
+                                      IndexBuildError, dataset_source, video_dir_source)
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -16,8 +16,8 @@ multi-host run (the same command on every host, `jax.distributed` as in `ps_jax.
 the rows are split over every device of every host and each host reads only its own
 rows (`HostShardedSearcher`); process 0's queries are answered and process 0 prints.
 
-Layer: front end. The library is `ps_jax.retrieval` (`TextSearcher`, `Searcher`,
-`topk`); the names below are re-exported for the old import path `ps_jax.search`.
+Layer: front end (imports the library `ps_jax.retrieval`: `TextSearcher`, `Searcher`,
+`topk`).
 """
 
 from __future__ import annotations
@@ -31,13 +31,10 @@ import jax
 import numpy as np
 
 from ps_jax import distributed, sharding
-from ps_jax.embed import TextEncoder  # noqa: F401  (re-exported)
 from ps_jax.retrieval import shards, store
 from ps_jax.retrieval.hosts import HostShardedSearcher
-from ps_jax.retrieval.query import QueryEncoderError, TextSearcher, query_encoder  # noqa: F401
-from ps_jax.retrieval.topk import (DEFAULT_DTYPES, STORAGE_DTYPES, Searcher,  # noqa: F401
-                                   default_dtype, format_results, search_embeddings,
-                                   shard_index, sharded_topk, topk)
+from ps_jax.retrieval.query import QueryEncoderError, query_encoder
+from ps_jax.retrieval.topk import STORAGE_DTYPES, Searcher, format_results
 
 EmbedFn = Callable[[Sequence[str]], np.ndarray]
 

@@ -105,3 +105,20 @@ def test_no_package_module_is_a_kitchen_sink():
   sizes = {str(p.relative_to(REPO)): len(p.read_text().splitlines())
            for p in _python_files(PACKAGE)}
   assert max(sizes.values()) <= MAX_LINES, sorted(sizes.items(), key=lambda kv: -kv[1])[:3]
+
+
+def test_every_module_docstring_names_its_layer():
+  """README's layout promise: every module of the package says which layer it is in."""
+  missing = []
+  for path in sorted(PACKAGE.rglob("*.py")):
+    doc = ast.get_docstring(ast.parse(path.read_text(encoding="utf-8"))) or ""
+    if "\nLayer: " not in "\n" + doc:
+      missing.append(str(path.relative_to(REPO)))
+  assert not missing, f"no 'Layer: ...' line in the docstring of {missing}"
+
+
+def test_the_old_module_names_are_gone():
+  for name in ("evaluation.py", "index.py"):
+    assert not (PACKAGE / name).exists(), name
+  for cli in ("search.py", "index_videos.py"):
+    assert "re-export" not in (PACKAGE / cli).read_text(encoding="utf-8"), cli

@@ -17,7 +17,8 @@ import numpy as np
 import pytest
 
 from ps_jax import checkpoints, index_videos, search, train
-from ps_jax.retrieval import store as index_lib
+from ps_jax.retrieval import build, store as index_lib
+from ps_jax.retrieval.query import TextSearcher
 from ps_jax.data import builders, moving_shapes, prepare
 from train_fixtures import tiny_config
 
@@ -90,7 +91,7 @@ def test_round_trip_finds_each_captions_own_video(trained, tmp_path, capsys):
   assert (meta["tokenizer"], meta["max_len"], meta["num_frames"], meta["image_size"]) == (
       "moving_shapes", data.max_len, data.eval_num_frames, data.image_size)
 
-  searcher = search.TextSearcher.from_index(out, batch_size=16)
+  searcher = TextSearcher.from_index(out, batch_size=16)
   results = searcher.search(captions, 3)
   top1 = [hits[0][0] for hits in results]
   rate = np.mean([a == b for a, b in zip(top1, truth)])
@@ -129,7 +130,7 @@ def test_index_mode_on_four_devices_reproduces_the_evaluation(trained, tmp_path)
   assert "indexed 8 videos" in proc.stdout and "on 4 devices" in proc.stdout
   assert "videos/s" in proc.stderr  # the progress bar
   _, captions, truth = _split_queries(trained.root, "test")
-  results = search.TextSearcher.from_index(out).search(captions, 1)
+  results = TextSearcher.from_index(out).search(captions, 1)
   rate = 100 * np.mean([hits[0][0] == t for hits, t in zip(results, truth)])
   # float16 rows may flip a near tie against evaluation's float32: one caption at most.
   assert abs(rate - trained.record["t2v"]["R@1"]) <= 100 / len(captions) + 1e-6, (
@@ -195,7 +196,7 @@ def test_another_models_index_is_refused(trained, tmp_path, capsys):
   err = capsys.readouterr().err
   assert f"index {out!r} was built by model {own}" in err and "re-index" in err
   with pytest.raises(index_lib.FingerprintMismatchError, match="was built by model"):
-    search.TextSearcher.from_index(out, model=other)
+    TextSearcher.from_index(out, model=other)
   # The index's own model (recorded in meta.json) answers.
   assert search.main(["--index", out, "--query", "a red circle", "--top_k", "2"]) == 0
   assert len(_ranked_ids(capsys.readouterr().out)["a red circle"]) == 2
@@ -240,7 +241,7 @@ def test_raw_video_dir_skips_broken_files(trained, mp4_dir, tmp_path, capsys):
   captured = capsys.readouterr()
   assert "skipped 2 (empty_file 1, unreadable 1)" in captured.out, captured.out
   assert "skipped broken (unreadable)" in captured.err
-  with open(os.path.join(out, index_videos.REPORT_FILE)) as f:
+  with open(os.path.join(out, build.REPORT_FILE)) as f:
     report = sorted((r["video_id"], r["reason"]) for r in map(json.loads, f))
   assert report == [("broken", "unreadable"), ("empty", "empty_file")]
 

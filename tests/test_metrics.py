@@ -1,4 +1,4 @@
-"""Tests for ps_jax.evaluation: ranks, R@K / MdR / MnR, multi-caption v2t, ties, DSL, JSON."""
+"""Tests for ps_jax.metrics: ranks, R@K / MdR / MnR, multi-caption v2t, ties, DSL, JSON."""
 
 import json
 import math

@@ -1,4 +1,4 @@
-"""Tests for ps_jax.search: exact top-k vs numpy (with ties), sharding over 8 CPU devices, CLI."""
+"""Tests for ps_jax.retrieval.topk and the search CLI: exact top-k vs numpy (with ties), sharding over 8 CPU devices, CLI."""
 
 import os
 import subprocess
@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from ps_jax.retrieval import store as index_lib
-from ps_jax import search
+from ps_jax.retrieval import topk as search
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -82,7 +82,7 @@ def test_searcher_ids_normalisation_and_errors():
 _SHARDED_SCRIPT = textwrap.dedent("""
     import jax
     import numpy as np
-    from ps_jax import search
+    from ps_jax.retrieval import topk as search
     assert jax.device_count() == 8, jax.devices()
 
     def quantised(shape, seed):

@@ -1,4 +1,4 @@
-"""Tests for ps_jax.index: round trip, append, refusals, corrupt files, interrupted commits."""
+"""Tests for ps_jax.retrieval.store: round trip, append, refusals, corrupt files, interrupted commits."""
 
 import json
 import os

@@ -1,4 +1,6 @@
-"""Data layer: annotations, frame sampling, PyAV decoding, prepare step, grain pipelines.
+"""Data: annotations, frame sampling, PyAV decoding, prepare step, grain pipelines.
+
+Layer: data (the package imports none of its modules; each names what it imports).
 
 Modules (imported explicitly; this package imports nothing heavy on its own), each
 importing only modules listed below it (`.importlinter`, contract "ps_jax.data layers"):

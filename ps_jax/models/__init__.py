@@ -1,0 +1,5 @@
+"""Models: the Flax CLIP (`clip`), its building blocks (`layers`) and Prompt Switch
+(`prompt_switch`).
+
+Layer: models (imports nothing; each module names what it imports).
+"""
