@@ -314,7 +314,7 @@ def _browser_or_skip():
 
 
 def _start_cli_server(index):
-  """`python -m ps_jax.serve` as a user runs it; returns (process, base URL)."""
+  """`python -m ps_jax.serve` as a user runs it (no --host); returns (process, base URL)."""
   port = _free_port()
   proc = subprocess.Popen([sys.executable, "-m", "ps_jax.serve", "--index", index,
                            "--port", str(port)], cwd=REPO, stdout=subprocess.PIPE,
@@ -334,61 +334,180 @@ def _start_cli_server(index):
     time.sleep(0.25)
 
 
-def test_page_in_headless_chromium(indexes, tmp_path):
+def _cli_server(index):
+  proc, base = _start_cli_server(index)
+  yield types.SimpleNamespace(proc=proc, url=base, port=int(base.rsplit(":", 1)[1]))
+  proc.terminate()
+  proc.wait(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def cli_files(indexes):
+  """`python -m ps_jax.serve` with its default flags over the .mp4 index."""
+  yield from _cli_server(indexes.files)
+
+
+@pytest.fixture(scope="module")
+def cli_split(indexes):
+  """`python -m ps_jax.serve` with its default flags over the prepared split's index."""
+  yield from _cli_server(indexes.split)
+
+
+def _http(base, path, body=None):
+  """(status, JSON answer) of GET `path`, or of POST `body` (a JSON value) to it."""
+  data = None if body is None else json.dumps(body).encode()
+  request = urllib.request.Request(base + path, data=data,
+                                   headers={"Content-Type": "application/json"})
+  try:
+    with urllib.request.urlopen(request, timeout=60) as r:
+      return r.status, json.load(r)
+  except urllib.error.HTTPError as e:
+    return e.code, json.load(e)
+
+
+def test_cli_limits_are_k_100_and_32_queries_per_post(indexes, cli_files):
+  """The documented bounds, as `python -m ps_jax.serve` applies them by default: at the
+  limit accepted, one above refused with a message that gives the limit."""
+  args = serve._parser().parse_args(["--index", indexes.files])
+  assert (args.max_k, args.max_batch) == (100, 32)
+  assert (service_lib.Limits().max_k, service_lib.Limits().max_queries) == (100, 32)
+  base, query = cli_files.url, indexes.captions[0]
+  health = _http(base, "/healthz")[1]
+  assert (health["max_k"], health["max_batch"], health["videos"]) == (100, 32, 28)
+  status, body = _http(base, _q(query, 100))
+  assert status == 200 and body["k"] == 100
+  assert len(body["results"]) == 28 == len({r["id"] for r in body["results"]})  # all of them
+  assert _http(base, _q(query, 101)) == (
+      400, {"error": "k must be an integer in [1, 100], got 101"})
+  queries = [indexes.captions[i % len(indexes.captions)] + f" {i}" for i in range(33)]
+  status, body = _http(base, "/api/search", {"queries": queries[:32], "k": 100})
+  assert status == 200 and [r["query"] for r in body["results"]] == queries[:32]
+  assert all(len(r["results"]) == 28 for r in body["results"])
+  one = _http(base, _q(queries[31], 100))[1]["results"]
+  _assert_same(body["results"][31]["results"], one)
+  assert _http(base, "/api/search", {"queries": queries, "k": 100}) == (
+      400, {"error": "33 queries in one request; at most 32"})
+  assert _http(base, "/api/search", {"queries": queries[:32], "k": 101}) == (
+      400, {"error": "k must be an integer in [1, 100], got 101"})
+
+
+def _listening(port):
+  """Addresses of the TCP sockets listening on `port`, from /proc/net/tcp (IPv4, as
+  "a.b.c.d") and /proc/net/tcp6 (as the kernel's hex)."""
+  found = []
+  for name in ("tcp", "tcp6"):
+    with open(f"/proc/net/{name}", encoding="ascii") as f:
+      for line in f.readlines()[1:]:
+        (address, hex_port), state = line.split()[1].split(":"), line.split()[3]
+        if state == "0A" and int(hex_port, 16) == port:  # 0A: LISTEN
+          found.append(socket.inet_ntoa(bytes.fromhex(address)[::-1]) if name == "tcp"
+                       else address)
+  return found
+
+
+def test_cli_binds_loopback_by_default(indexes, cli_files):
+  """The parsed default, and the socket `python -m ps_jax.serve` opens without --host:
+  one, on 127.0.0.1 (none on another IPv4 or any IPv6 address)."""
+  assert serve._parser().parse_args(["--index", indexes.files]).host == "127.0.0.1"
+  assert _listening(cli_files.port) == ["127.0.0.1"]
+
+
+def test_page_in_headless_chromium(indexes, cli_files, cli_split, tmp_path):
   sync_playwright = _browser_or_skip()
   query = indexes.captions[0]
-  files_proc, files_url = _start_cli_server(indexes.files)
-  split_proc, split_url = _start_cli_server(indexes.split)
-  try:
-    with urllib.request.urlopen(f"{files_url}{_q(query, 16)}") as r:
-      api_ids = [x["id"] for x in json.load(r)["results"]]
-    with sync_playwright() as p:
-      browser = p.chromium.launch(executable_path=CHROMIUM, args=BROWSER_ARGS)
-      page = browser.new_page(viewport={"width": 1280, "height": 900})
-      page.goto(files_url + "/")
-      page.wait_for_selector("body[data-state=idle]")
-      page.fill("#q", query)
-      page.press("#q", "Enter")
-      page.wait_for_selector("body[data-state=done]", timeout=30000)
-      assert urllib.parse.parse_qs(urllib.parse.urlparse(page.url).query)["q"] == [query]
-      ids = page.eval_on_selector_all(".result", "els => els.map(e => e.dataset.id)")
-      assert ids == api_ids                            # the API's ranking, in order
-      page.wait_for_function(
-          "[...document.querySelectorAll('.result img')].every(i => i.complete)")
-      widths = page.eval_on_selector_all(".result img", "els => els.map(e => e.naturalWidth)")
-      srcs = page.eval_on_selector_all(".result img", "els => els.map(e => e.src)")
-      assert len(widths) == 16 and all(w == 4 * 96 for w in widths), widths
-      assert all("/api/thumbnail/" in s for s in srcs)
-      screenshot = os.environ.get("PS_JAX_SCREENSHOT") or str(tmp_path / "search_page.jpg")
-      page.screenshot(path=screenshot, type="jpeg", quality=80)
-      assert Image.open(screenshot).size == (1280, 900)
-      page.click(".result >> nth=0")
-      page.wait_for_function("document.getElementById('video').currentTime > 0.3",
-                             timeout=20000)
-      assert page.eval_on_selector("#video", "v => v.src").endswith(f"/api/video/{ids[0]}")
-      page.keyboard.press("Escape")
-      # A linked result page: the query comes from the URL; errors are shown.
-      page.goto(f"{files_url}/?q={urllib.parse.quote(query)}&k=8")
-      page.wait_for_selector("body[data-state=done]")
-      assert page.eval_on_selector_all(".result", "els => els.length") == 8
-      page.goto(f"{files_url}/?q={'x' * 501}")
-      page.wait_for_selector("body[data-state=error]")
-      assert "at most 500" in page.inner_text("#status")
-      # An index of stored frames: the click animates the thumbnail strip.
-      page.goto(f"{split_url}/?q={urllib.parse.quote(query)}")
-      page.wait_for_selector("body[data-state=done]")
-      page.click(".result >> nth=0")
-      seen = set()
-      deadline = time.time() + 10
-      while len(seen) < 3 and time.time() < deadline:
-        seen.add(page.eval_on_selector("#frames", "c => c.dataset.frame"))
-        time.sleep(0.1)
-      assert len(seen) >= 3, seen
-      browser.close()
-  finally:
-    for proc in (files_proc, split_proc):
-      proc.terminate()
-      proc.wait(timeout=30)
+  files_url, split_url = cli_files.url, cli_split.url
+  with urllib.request.urlopen(f"{files_url}{_q(query, 16)}") as r:
+    api_ids = [x["id"] for x in json.load(r)["results"]]
+  with sync_playwright() as p:
+    browser = p.chromium.launch(executable_path=CHROMIUM, args=BROWSER_ARGS)
+    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    page.goto(files_url + "/")
+    page.wait_for_selector("body[data-state=idle]")
+    page.fill("#q", query)
+    page.press("#q", "Enter")
+    page.wait_for_selector("body[data-state=done]", timeout=30000)
+    assert urllib.parse.parse_qs(urllib.parse.urlparse(page.url).query)["q"] == [query]
+    ids = page.eval_on_selector_all(".result", "els => els.map(e => e.dataset.id)")
+    assert ids == api_ids                            # the API's ranking, in order
+    page.wait_for_function(
+        "[...document.querySelectorAll('.result img')].every(i => i.complete)")
+    widths = page.eval_on_selector_all(".result img", "els => els.map(e => e.naturalWidth)")
+    srcs = page.eval_on_selector_all(".result img", "els => els.map(e => e.src)")
+    assert len(widths) == 16 and all(w == 4 * 96 for w in widths), widths
+    assert all("/api/thumbnail/" in s for s in srcs)
+    screenshot = os.environ.get("PS_JAX_SCREENSHOT") or str(tmp_path / "search_page.jpg")
+    page.screenshot(path=screenshot, type="jpeg", quality=80)
+    assert Image.open(screenshot).size == (1280, 900)
+    page.click(".result >> nth=0")
+    page.wait_for_function("document.getElementById('video').currentTime > 0.3",
+                           timeout=20000)
+    assert page.eval_on_selector("#video", "v => v.src").endswith(f"/api/video/{ids[0]}")
+    page.keyboard.press("Escape")
+    # A linked result page: the query comes from the URL; errors are shown.
+    page.goto(f"{files_url}/?q={urllib.parse.quote(query)}&k=8")
+    page.wait_for_selector("body[data-state=done]")
+    assert page.eval_on_selector_all(".result", "els => els.length") == 8
+    page.goto(f"{files_url}/?q={'x' * 501}")
+    page.wait_for_selector("body[data-state=error]")
+    assert "at most 500" in page.inner_text("#status")
+    # An index of stored frames: the click animates the thumbnail strip.
+    page.goto(f"{split_url}/?q={urllib.parse.quote(query)}")
+    page.wait_for_selector("body[data-state=done]")
+    page.click(".result >> nth=0")
+    seen = set()
+    deadline = time.time() + 10
+    while len(seen) < 3 and time.time() < deadline:
+      seen.add(page.eval_on_selector("#frames", "c => c.dataset.frame"))
+      time.sleep(0.1)
+    assert len(seen) >= 3, seen
+    browser.close()
+
+
+def test_page_loads_nothing_from_outside_the_server(indexes, cli_files):
+  """Every request the page makes (documents, styles, scripts, fetches, images, media)
+  while it loads, searches, shows 16 thumbnails and plays a clip goes to the server it
+  came from; one made on purpose elsewhere shows that the record would catch it."""
+  sync_playwright = _browser_or_skip()
+  origin = cli_files.url
+  query = indexes.captions[0]
+  outside = "http://192.0.2.1/probe.js"  # TEST-NET-1: never routed; aborted here anyway
+  with sync_playwright() as p:
+    browser = p.chromium.launch(executable_path=CHROMIUM, args=BROWSER_ARGS)
+    context = browser.new_context()
+    requests, sockets = [], []
+    context.on("request", lambda r: requests.append((r.resource_type, r.url)))
+    context.route(lambda url: not url.startswith(origin + "/"), lambda route: route.abort())
+    page = context.new_page()
+    page.on("websocket", lambda ws: sockets.append(ws.url))
+    page.goto(f"{origin}/")
+    page.wait_for_selector("body[data-state=idle]")
+    page.wait_for_function("document.getElementById('info').textContent.includes('28 videos')")
+    page.fill("#q", query)
+    page.press("#q", "Enter")
+    page.wait_for_selector("body[data-state=done]", timeout=30000)
+    page.wait_for_function(
+        "[...document.querySelectorAll('.result img')].every(i => i.complete)")
+    page.click(".result >> nth=0")
+    page.wait_for_function("document.getElementById('video').currentTime > 0.3",
+                           timeout=20000)
+    loaded = page.evaluate("performance.getEntriesByType('resource').map(e => e.name)")
+    page.evaluate(f"fetch({outside!r}).catch(() => null)")
+    browser.close()
+  assert requests[-1] == ("fetch", outside)  # the probe was recorded (and blocked)
+  requests = requests[:-1]
+  assert sockets == [] and requests
+  assert [url for _, url in requests if not url.startswith(origin + "/")] == []
+  assert all(url.startswith(origin + "/") for url in loaded), loaded
+  paths = {}
+  for kind, url in requests:
+    paths.setdefault(kind, set()).add(urllib.parse.urlparse(url).path)
+  assert set(paths) == {"document", "stylesheet", "script", "fetch", "image", "media"}, paths
+  assert paths["document"] == {"/"} and paths["script"] == {"/static/app.js"}
+  assert paths["stylesheet"] == {"/static/style.css"}
+  assert paths["fetch"] == {"/healthz", "/api/search"}
+  assert len(paths["media"]) == 1 and next(iter(paths["media"])).startswith("/api/video/")
+  assert len(paths["image"]) == 16 and all(x.startswith("/api/thumbnail/")
+                                           for x in paths["image"])
 
 
 def test_bench_serve_runs_end_to_end(indexes, capsys):
