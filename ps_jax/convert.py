@@ -341,11 +341,22 @@ def official_buffers(clip_config: ClipConfig) -> dict[str, np.ndarray]:
           np.arange(clip_config.vision.num_positions, dtype=np.int64)[None]}
 
 
+class CheckpointReadError(ValueError):
+  """A checkpoint file that cannot be read, or holds more than weights; names the file."""
+
+
+# torch.load's general advice around the reason it refused a file (the advice includes
+# re-running with weights_only=False, which is what must not happen to an untrusted file).
+_TORCH_LOAD_BOILERPLATE = ("Weights only load failed", "Please file an issue",
+                           "Check the documentation")
+
+
 def read_official_checkpoint(path: str, use_ema: bool = False) -> dict[str, np.ndarray]:
   """The `state_dict` (or `state_dict_ema`) of an official Prompt Switch `.pth` file.
 
-  Loaded with `torch.load(weights_only=True)`: tensors and plain containers only, never
-  arbitrary pickled objects.
+  Loaded with `torch.load(weights_only=True)`: tensors and plain containers only. A file
+  that pickles anything else (a class instance, a function to call) is refused before
+  any of it runs: CheckpointReadError naming the file and what it holds.
   """
   try:
     import torch  # pylint: disable=g-import-not-at-top
@@ -357,7 +368,12 @@ def read_official_checkpoint(path: str, use_ema: bool = False) -> dict[str, np.n
   try:
     ckpt = torch.load(path, map_location="cpu", weights_only=True)
   except Exception as e:  # torch raises many types for corrupt or unsafe files
-    raise ValueError(f"Cannot read {path!r} as a weights-only PyTorch checkpoint: {e}") from e
+    lines = [l.strip() for l in str(e).splitlines()
+             if l.strip() and not l.strip().startswith(_TORCH_LOAD_BOILERPLATE)]
+    reason = lines[0] if lines else type(e).__name__
+    raise CheckpointReadError(
+        f"Cannot read {path!r} as a weights-only PyTorch checkpoint (tensors and plain "
+        f"containers; nothing else is unpickled): {reason}") from e
   key = "state_dict_ema" if use_ema else "state_dict"
   if isinstance(ckpt, Mapping) and key in ckpt:
     state = ckpt[key]
@@ -366,6 +382,6 @@ def read_official_checkpoint(path: str, use_ema: bool = False) -> dict[str, np.n
     state = ckpt  # a bare state_dict
   else:
     found = sorted(ckpt) if isinstance(ckpt, Mapping) else type(ckpt).__name__
-    raise ValueError(f"{path!r} has no {key!r} entry (found {found})")
+    raise CheckpointReadError(f"{path!r} has no {key!r} entry (found {found})")
   # Checkpoints saved from DataParallel / DDP prefix every name with "module.".
   return {k.removeprefix("module."): v.float().numpy() for k, v in state.items()}

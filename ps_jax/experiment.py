@@ -19,7 +19,7 @@ import jax
 import numpy as np
 from jax.experimental import multihost_utils
 
-from ps_jax import api, checkpoints, fileio, metrics, reporting, sharding
+from ps_jax import api, checkpoints, convert, fileio, metrics, reporting, sharding
 from ps_jax import tokenizer as tokenizer_lib
 from ps_jax.data import builders, preparation, tokenizers
 from ps_jax.models.clip import ClipConfig, Compute, TextConfig, VisionConfig, logical_axes
@@ -283,7 +283,10 @@ def initial_params(config, model, rng) -> dict:
     params = api.init_model_params(model, rng, config.model.get("qk_init_std", 0.0))
     return jax.tree_util.tree_map(np.asarray, params)
   clip_config = None if os.path.isdir(init) else model.clip.to_hf_dict()
-  _, params = api.load_model(init, clip_config=clip_config, rng=rng, **model_options(config))
+  try:
+    _, params = api.load_model(init, clip_config=clip_config, rng=rng, **model_options(config))
+  except convert.CheckpointReadError as e:
+    raise ConfigError(f"config.model.init_from: {e}") from e
   return params
 
 

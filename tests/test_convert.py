@@ -1,12 +1,17 @@
 """HF <-> Flax weight layouts: bit-exact round trip and errors that name the tensor."""
 
 import os
+import pickle
+import re
 
+import jax
 import numpy as np
 import pytest
 import safetensors.numpy
 
-from ps_jax import convert
+import ps_jax
+from ps_jax import convert, experiment, index_videos
+from train_fixtures import tiny_config, tiny_model
 
 
 def test_round_trip_is_bit_exact(hf_clip_dirs, tmp_path):
@@ -69,3 +74,46 @@ def test_corrupt_safetensors_is_a_clear_error(hf_clip_dirs, tmp_path):
     f.truncate(100)
   with pytest.raises(ValueError, match="Cannot read safetensors file"):
     convert.load_hf_clip(bad)
+
+
+class _RunsCodeWhenUnpickled:
+  """What a malicious checkpoint holds: unpickling it calls os.mkdir(marker)."""
+
+  def __init__(self, marker):
+    self.marker = marker
+
+  def __reduce__(self):
+    return os.mkdir, (self.marker,)
+
+
+@pytest.mark.parametrize("writer", ["torch.save", "pickle.dump"])
+def test_a_pth_holding_a_pickled_object_is_refused_and_not_run(tmp_path, capsys, writer):
+  """Through the library, `ps_jax.index_videos --model` (exit 2, one line) and a run's
+  config.model.init_from: each error names the file, and the object is never built."""
+  torch = pytest.importorskip("torch")
+  marker, path = str(tmp_path / "the_code_ran"), str(tmp_path / "model_best.pth")
+  payload = {"state_dict": _RunsCodeWhenUnpickled(marker)}
+  if writer == "torch.save":
+    torch.save(payload, path)
+  else:
+    with open(path, "wb") as f:
+      pickle.dump(payload, f, protocol=2)  # torch's legacy (non-zip) format
+  message = (f"Cannot read {path!r} as a weights-only PyTorch checkpoint (tensors and plain "
+             "containers; nothing else is unpickled): ")
+  with pytest.raises(convert.CheckpointReadError, match=re.escape(message) + ".*posix.mkdir"):
+    convert.read_official_checkpoint(path)
+  with pytest.raises(convert.CheckpointReadError, match=re.escape(message)):
+    ps_jax.load_model(path)
+  (tmp_path / "videos").mkdir()
+  (tmp_path / "videos" / "clip.mp4").write_bytes(b"")
+  assert index_videos.main(["--model", path, "--video_dir", str(tmp_path / "videos"),
+                            "--out", str(tmp_path / "index"), "--no_progress"]) == 2
+  assert capsys.readouterr().err.startswith(f"error: {message}")
+  config = tiny_config(**{"model.init_from": path})
+  with pytest.raises(experiment.ConfigError, match=re.escape("config.model.init_from: "
+                                                             + message)):
+    experiment.initial_params(config, tiny_model(), jax.random.PRNGKey(0))
+  assert not os.path.exists(marker) and not (tmp_path / "index").exists()
+  with open(path, "rb") as f:  # what an unrestricted load would have done
+    torch.load(f, weights_only=False) if writer == "torch.save" else pickle.load(f)
+  assert os.path.isdir(marker)

@@ -11,7 +11,7 @@ import dataclasses
 import os
 from typing import Any, Optional
 
-from ps_jax import api, checkpoints
+from ps_jax import api, checkpoints, convert
 from ps_jax.data import tokenizers
 from ps_jax.retrieval import store
 
@@ -101,7 +101,10 @@ class IndexModel:
                            "directory or an official .pth checkpoint)")
     path = os.path.abspath(path)
     load_kwargs = dict(load_kwargs or {})
-    model, params = api.load_model(path, **load_kwargs)
+    try:
+      model, params = api.load_model(path, **load_kwargs)
+    except convert.CheckpointReadError as e:
+      raise ModelLoadError(str(e)) from e
     model_file = checkpoints.read_model_file(path) if checkpoints.has_model_file(path) else None
     data = (model_file or {}).get("config", {}).get("data", {})
     return cls.from_params(model, params, path=path, load_kwargs=load_kwargs,
