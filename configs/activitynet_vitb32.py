@@ -14,7 +14,10 @@ checkpoint selection; test: the 4,916 ids of `val_ids.json` annotated in `val_1.
 (papers say 4,917: see `ps_jax.data.protocols`). Videos run minutes: `--fps 3` stores
 them as the official compress step does (3 frames a second, short side 224, JPEG),
 about 0.5 MB a minute; frames are still sampled over the whole video (6 segments for
-training, 12 at test), the official scheme. `--anno_dir` holds the official
+training, 12 at test). Test frames are sampled with the `uniform` rule, as for every
+test split, so the test is deterministic and repeatable; the official `anet_dataset.py`
+draws them with the training `rand` rule instead (a difference, listed in
+docs/reproducing.md). `--anno_dir` holds the official
 repository's data/ActivityNet files; video files are named `v_<youtube id>.mp4` (or
 .mkv), and the ones that cannot be found are listed in DATA_DIR/prepare_report.jsonl
 and counted against the protocol ("4913 of 4916 test videos present").
