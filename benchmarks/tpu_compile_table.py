@@ -4,7 +4,7 @@ with find_max_batch on a TPU slice, compiled on this CPU by the real TPU compile
   python benchmarks/tpu_compile_table.py --out benchmarks/RESULTS_tpu_compile.md
   python benchmarks/tpu_compile_table.py --rows b32-v5e-64,l14-v5p-128 --jobs 2
   python benchmarks/tpu_compile_table.py --table_only --out benchmarks/RESULTS_tpu_compile.md \
-      --update_docs      # the table from the records so far, quoted into the READMEs
+      --update_docs      # the table from the records so far, quoted into the docs
 
 Each row runs in its own process (logs and JSON records under --workdir) and the table
 is assembled from the records; a row that has not finished is listed as such. Needs
@@ -122,11 +122,12 @@ def table(names, workdir: str) -> str:
   return "\n".join([head] + [row_line(n, record(n, workdir)) for n in names])
 
 
-DOCS = ("README.md", os.path.join("launch", "README.md"))
+# The pages that quote the table (found by its header line).
+DOCS = (os.path.join("docs", "training_at_scale.md"), os.path.join("launch", "README.md"))
 
 
 def update_docs(text: str) -> None:
-  """Replaces the table (or its TPU_COMPILE_TABLE placeholder) in README and launch/."""
+  """Replaces the table (or its TPU_COMPILE_TABLE placeholder) in each of DOCS."""
   header = text.splitlines()[0]
   for doc in DOCS:
     path = os.path.join(REPO, doc)
@@ -156,7 +157,8 @@ def main():
                       help="assemble the table from the records already in --workdir")
   parser.add_argument("--out", default="", help="write the results file here")
   parser.add_argument("--update_docs", action="store_true",
-                      help="put the table into README.md and launch/README.md")
+                      help="put the table into docs/training_at_scale.md and "
+                      "launch/README.md")
   args = parser.parse_args()
   names = args.rows.split(",")
   for n in names:
