@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -10,7 +11,7 @@ import numpy as np
 import pytest
 
 import ps_jax
-from ps_jax import checkpoints, evaluate, experiment, reporting, sharding, train
+from ps_jax import checkpoints, evaluate, experiment, metrics, reporting, sharding, train
 from ps_jax.retrieval import build, store
 from ps_jax.retrieval.model import model_fingerprint
 from train_fixtures import run_steps, tiny_batch, tiny_config, tiny_model
@@ -393,3 +394,77 @@ def test_the_official_protocol_selects_on_test_and_says_so(data_root, tmp_path, 
   assert record["checkpoint_selected_on"].startswith(
       "TEST (official protocol, selected on the split it reports: flattering)")
   assert record["t2v"] == next(r for r in evals if r["step"] == best[0])["t2v"]
+
+
+def test_select_on_test_alone_selects_on_test_and_says_so(data_root, tmp_path, capsys):
+  """`--config.select_on=test` without the official protocol: the evaluations run on
+  test (at the config's own steps, one evaluation per selection), the best of them is
+  reported, labelled as selected on test; the protocol and its other fields stay."""
+  workdir = str(tmp_path / "run")
+  record = train.train_and_evaluate(
+      _selection_config(data_root, select_on="test", num_train_steps=2, eval_every_steps=1),
+      workdir)
+  out = capsys.readouterr().out
+  assert "config.protocol='official' sets" not in out
+  ran = checkpoints.read_model_file(workdir)["config"]
+  assert (ran["select_on"], ran["protocol"], ran["data"]["train_split"],
+          ran["eval_every_steps"], ran["select_window"]) == ("test", "validation", "train", 1, 1)
+  history = reporting.read_history(os.path.join(workdir, "history.jsonl"))
+  evals = [r for r in history if r["kind"] == "eval"]
+  assert [(r["step"], r["split"]) for r in evals] == [(1, "test"), (2, "test")]
+  best = checkpoints.select_best([(r["step"], r["t2v"]["R@1"]) for r in evals])
+  assert record["step"] == record["selection"]["step"] == best[0]
+  assert (record["selection"]["split"], record["selection"]["window"],
+          record["selection"]["score"]) == ("test", 1, best[1])
+  assert record["test_selected"] is True and record["protocol"] == "validation"
+  label = "TEST (selected on the split it reports: flattering): step"
+  assert record["checkpoint_selected_on"].startswith(label)
+  assert f"test split, step {best[0]}, checkpoint selected on {label}" in out
+  assert record["t2v"] == next(r for r in evals if r["step"] == best[0])["t2v"]
+  with open(os.path.join(workdir, "metrics.json")) as f:
+    assert json.load(f) == record
+
+
+def _official_dsl_t2v_ranks(sim, text_to_video):
+  """The DSL code's text-to-video ranks: sim * softmax(100 sim) over the texts, then
+  each caption's 1-based rank of its own video along its row."""
+  sim = np.asarray(sim, np.float64)
+  prior = np.exp(100 * (sim - sim.max(axis=0)))
+  dsl = sim * prior / prior.sum(axis=0)
+  own = dsl[np.arange(len(text_to_video)), text_to_video]
+  return 1 + (dsl > own[:, None]).sum(axis=1)
+
+
+def test_dsl_reaches_the_evaluation_output(data_root, full_run, tmp_path, capsys,
+                                           monkeypatch):
+  """`--config.dsl=True` with `--mode eval` on a trained workdir: the table, metrics.json
+  and the record carry the dual-softmax numbers of the evaluated similarities, labelled
+  as post-processing, beside the unchanged plain numbers."""
+  seen = []
+  real = metrics.dsl_retrieval_metrics
+
+  def recorded(sim, text_to_video, *args, **kwargs):
+    seen.append((np.asarray(sim), np.asarray(text_to_video)))
+    return real(sim, text_to_video, *args, **kwargs)
+
+  monkeypatch.setattr(metrics, "dsl_retrieval_metrics", recorded)
+  workdir = str(tmp_path / "run")
+  shutil.copytree(full_run[0], workdir)
+  record = evaluate.evaluate_only(tiny_config(**{"data.dir": data_root, "dsl": True}), workdir)
+  out = capsys.readouterr().out
+  (sim, t2v), = seen
+  assert (record["step"], record["t2v"], record["v2t"]) == (
+      full_run[1]["step"], full_run[1]["t2v"], full_run[1]["v2t"])
+  assert (record["num_texts"], record["num_videos"]) == sim.shape == (len(t2v), 8)
+  ranks = _official_dsl_t2v_ranks(sim, t2v)
+  assert record["dsl"]["t2v"]["R@1"] == pytest.approx(100 * np.mean(ranks == 1))
+  assert record["dsl"]["t2v"]["R@5"] == pytest.approx(100 * np.mean(ranks <= 5))
+  assert record["dsl"]["t2v"]["MdR"] == pytest.approx(np.median(ranks))
+  assert record["dsl"]["t2v"]["MnR"] == pytest.approx(np.mean(ranks))
+  assert record["dsl"]["v2t"] == real(sim, t2v)["v2t"]
+  with open(os.path.join(workdir, "metrics.json")) as f:
+    assert json.load(f)["dsl"] == record["dsl"]
+  for d in ("t2v", "v2t"):
+    line = f"{d} (DSL post-proc.)" + "".join(f"{record['dsl'][d][k]:>8.1f}"
+                                             for k in metrics.METRIC_KEYS)
+    assert line in out
