@@ -5,7 +5,9 @@ tests/configs/tiny.py, stop after step 3 (`config.stop_after_steps`) and are lau
 again, which resumes each process's data pipeline from its own saved position. The
 result must equal one process with the same 4 devices trained without a stop; a run
 that tries to continue the two-process checkpoint with one process is refused with a
-message and changes nothing on disk.
+message and changes nothing on disk. Every file each process of the two-process launches
+writes is recorded (tests/write_audit), so the run's own files are known to come from
+process 0 alone.
 """
 
 import json
@@ -24,15 +26,20 @@ from test_multihost import cpu_env, free_port
 from train_fixtures import REPO, TINY_CONFIG
 
 LOCAL = os.path.join(REPO, "launch", "local.sh")
+WRITE_AUDIT = os.path.join(REPO, "tests", "write_audit")
 TIMEOUT_S = 900
 
 
-def _two_processes(workdir, data_root, *flags):
+def _two_processes(workdir, data_root, *flags, write_log):
+  """launch/local.sh, each process recording the files it writes into `write_log`."""
   cmd = ["bash", LOCAL, "--num_processes", "2", "--devices_per_process", "2", "--port",
          str(free_port()), "--python", sys.executable, "--", "--config", TINY_CONFIG,
          "--workdir", workdir, f"--config.data.dir={data_root}", *flags]
   env = cpu_env(2)
   env["XLA_FLAGS"] = "--xla_backend_optimization_level=0"  # local.sh adds the devices
+  os.makedirs(write_log)
+  env["PS_JAX_WRITE_LOG"] = write_log
+  env["PYTHONPATH"] = os.pathsep.join(filter(None, [WRITE_AUDIT, env.get("PYTHONPATH")]))
   return subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE,
                           stderr=subprocess.PIPE, text=True)
 
@@ -75,7 +82,9 @@ def runs(tmp_path_factory):
   data = str(root / "data")
   prepare.prepare("moving_shapes", out_dir=data, shapes_size="tiny", progress=False)
   two, one, other = (str(root / n) for n in ("two", "one", "other"))
-  first, reference = _finish(_two_processes(two, data, "--config.stop_after_steps=3"),
+  writes = {n: str(root / f"writes_{n}") for n in ("stopped", "resumed")}
+  first, reference = _finish(_two_processes(two, data, "--config.stop_after_steps=3",
+                                            write_log=writes["stopped"]),
                              _one_process(one, data))
   assert first[0] == 0, first[2][-3000:]
   assert reference[0] == 0, reference[2][-3000:]
@@ -83,9 +92,10 @@ def runs(tmp_path_factory):
              "checkpoints": sorted(os.listdir(os.path.join(two, "checkpoints")))}
   shutil.copytree(two, other)
   before = _files(os.path.join(other, "checkpoints"))
-  resumed, refused = _finish(_two_processes(two, data), _one_process(other, data))
+  resumed, refused = _finish(_two_processes(two, data, write_log=writes["resumed"]),
+                             _one_process(other, data))
   return {"two": two, "one": one, "other": other, "stopped": stopped, "resumed": resumed,
-          "refused": refused, "other_checkpoints_before": before}
+          "refused": refused, "other_checkpoints_before": before, "writes": writes}
 
 
 def _metrics(workdir):
@@ -135,6 +145,36 @@ def test_process_zero_alone_writes_the_logs(runs):
   logs = {i: open(os.path.join(runs["two"], "logs", f"process_{i}.log")).read()
           for i in (0, 1)}
   assert "test split, step" in logs[0] and "test split" not in logs[1]
+
+
+def _written(write_log, workdir):
+  """{process label: {path under `workdir`: events}} of one launch's write records."""
+  out = {}
+  for name in os.listdir(write_log):
+    with open(os.path.join(write_log, name), encoding="utf-8") as f:
+      for line in f:
+        label, event, path = line.rstrip("\n").split("\t")
+        if path.startswith(workdir + os.sep):
+          out.setdefault(label, {}).setdefault(os.path.relpath(path, workdir), set()).add(event)
+  return out
+
+
+def test_only_process_zero_writes_metrics_json_and_the_run_files(runs):
+  """In both launches process 1 writes nothing in the workdir outside checkpoints/ (where
+  it saves its own shards and data position, which shows its writes are recorded);
+  process 0 puts metrics.json in place at the end, and the history, TensorBoard events and
+  the plot."""
+  for launch, log in runs["writes"].items():
+    written = _written(log, runs["two"])
+    assert set(written) == {"0", "1"}, (launch, sorted(written))
+    outside = sorted(p for p in written["1"] if not p.startswith("checkpoints" + os.sep))
+    assert outside == [], (launch, outside)
+    assert any(p.endswith("process_1-of-2.json") for p in written["1"]), (launch, written["1"])
+    assert not any("metrics.json" in p for p in written["1"])
+  final = _written(runs["writes"]["resumed"], runs["two"])["0"]
+  assert "os.rename" in final["metrics.json"]
+  assert {"history.jsonl", "training_curves.png"} <= set(final)
+  assert any(p.startswith(os.path.join("tensorboard", "events.")) for p in final)
 
 
 def test_another_process_count_cannot_continue_the_data_pipeline(runs):
