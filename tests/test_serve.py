@@ -412,10 +412,11 @@ def test_cli_binds_loopback_by_default(indexes, cli_files):
   assert _listening(cli_files.port) == ["127.0.0.1"]
 
 
-def test_page_in_headless_chromium(indexes, cli_files, cli_split, tmp_path):
+def test_page_in_headless_chromium(indexes, cli_files, tmp_path, request):
   sync_playwright = _browser_or_skip()
   query = indexes.captions[0]
-  files_url, split_url = cli_files.url, cli_split.url
+  files_url = cli_files.url
+  split_url = request.getfixturevalue("cli_split").url  # started only with a browser
   with urllib.request.urlopen(f"{files_url}{_q(query, 16)}") as r:
     api_ids = [x["id"] for x in json.load(r)["results"]]
   with sync_playwright() as p:
