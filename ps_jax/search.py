@@ -33,6 +33,7 @@ import numpy as np
 from ps_jax import distributed, sharding
 from ps_jax.retrieval import shards, store
 from ps_jax.retrieval.hosts import HostShardedSearcher
+from ps_jax.retrieval.model import ModelLoadError
 from ps_jax.retrieval.query import QueryEncoderError, query_encoder
 from ps_jax.retrieval.topk import STORAGE_DTYPES, Searcher, format_results
 
@@ -125,7 +126,7 @@ def main(argv: Optional[Sequence[str]] = None, embed_queries: Optional[EmbedFn] 
         embed_queries = query_encoder(index, model=args.model, tokenizer=args.tokenizer,
                                       mesh=mesh, batch_size=args.batch_size,
                                       where=f"index {args.index!r}")
-      except QueryEncoderError as e:
+      except (QueryEncoderError, ModelLoadError) as e:
         parser.error(str(e))
     for start in range(0, len(texts), _PRINT_CHUNK):
       chunk = texts[start:start + _PRINT_CHUNK]

@@ -197,6 +197,12 @@ def test_another_models_index_is_refused(trained, tmp_path, capsys):
   assert f"index {out!r} was built by model {own}" in err and "re-index" in err
   with pytest.raises(index_lib.FingerprintMismatchError, match="was built by model"):
     TextSearcher.from_index(out, model=other)
+  # A model that cannot be read is one error line naming it, not a traceback.
+  broken = tmp_path / "broken.pth"
+  broken.write_bytes(b"not a checkpoint")
+  with pytest.raises(SystemExit) as exit_info:
+    search.main(["--index", out, "--model", str(broken), "--query", "a red circle"])
+  assert exit_info.value.code == 2 and str(broken) in capsys.readouterr().err
   # The index's own model (recorded in meta.json) answers.
   assert search.main(["--index", out, "--query", "a red circle", "--top_k", "2"]) == 0
   assert len(_ranked_ids(capsys.readouterr().out)["a red circle"]) == 2
