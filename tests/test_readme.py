@@ -433,3 +433,42 @@ def test_tpu_compile_table_update_docs_rewrites_the_quoted_tables(tmp_path, monk
   module.update_docs("\n".join(changed))
   for doc in module.DOCS:
     assert changed[2] in (tmp_path / doc).read_text(encoding="utf-8").splitlines(), doc
+
+
+def test_bench_train_tables_are_quoted_from_their_results_file():
+  """docs/performance.md quotes bench_train.py's ViT-B/32 run from RESULTS_perf.md
+  (the section that names its commit, date and host, and says which code it ran), and
+  its sentences are computed from those tables."""
+  perf = _read("benchmarks", "RESULTS_perf.md")
+  heading = "## ViT-B/32, 224 px, 6 frames, batch 2: ps_jax vs `transformers` PyTorch CLIP"
+  section = next(s for s in _sections(perf)[1] if s.startswith(heading))
+  assert "Commit: 21b3b77" in section and "a convolution" in section
+  command = re.search(r"```bash\npython benchmarks/bench_train.py.*?\n```", section, re.S)
+  page = _read("docs", "performance.md")
+  assert command.group(0) in page  # the command printed is the one that made the run
+  assert "recorded at commit 21b3b77" in _flat(page)
+  train, evals, pipe = _tables(section)
+  lines = page.splitlines()
+  for table in (train, evals, pipe):
+    start = lines.index(table[0])
+    assert lines[start:start + len(table)] == table
+  rows = {r.split("|")[1].strip(): [c.strip() for c in r.strip("|").split("|")]
+          for r in train[2:]}
+  sec = {k: float(v[1].split()[0]) for k, v in rows.items()}
+  plain_b16 = sec["ps_jax plain CLIP, bfloat16, unrolled scan"]
+  autocast = next(v for k, v in sec.items() if "autocast" in k)
+  flat = _flat(page)
+  assert (f"In float32 it runs at {rows['ps_jax plain CLIP, float32, rolled scan'][5]} "
+          f"(plain) and {rows['ps_jax Prompt Switch, float32, rolled scan'][5]} (Prompt "
+          "Switch) of PyTorch") in flat
+  assert (f"autocast is {plain_b16 / autocast:.2f}x faster than ps_jax's plain bfloat16 "
+          f"step: {autocast:.3f} against {plain_b16:.3f} s/step") in flat
+  fps = {r.split("|")[1].strip(): float(r.split("|")[3]) for r in evals[2:]}
+  torch_fps = next(v for k, v in fps.items() if k.startswith("PyTorch"))
+  ps_fps = fps["Prompt Switch, bfloat16"]
+  assert (f"{ps_fps:.1f} frames/s in bfloat16 against PyTorch's {torch_fps:.1f} in "
+          f"float32, {ps_fps / torch_fps:.2f}x") in flat
+  grain = sorted(float(r.split("|")[2]) for r in pipe[2:])
+  step = {float(r.split("|")[3]) for r in pipe[2:]}
+  assert f"grain delivers {grain[0]:.0f}–{grain[-1]:.0f} frames/s against the step's " \
+         f"{step.pop():.1f}" in flat
