@@ -15,7 +15,9 @@ Prints a per-run table (test t2v R@1, R@5, MdR, v2t R@1, twin accuracy, the sele
 step, wall time) and a summary per config: mean ± std (population std over the seeds)
 and min of test t2v R@1 and twin accuracy, and the largest wall time. `--markdown`
 prints the summary as the table README.md shows. `--min_gap A,B,POINTS` fails (exit 1)
-unless config A beats config B by at least POINTS t2v R@1 on every seed.
+unless config A beats config B by at least POINTS t2v R@1 on every seed. `--json FILE`
+writes the runs, their summary and config digests, and as "provenance" the command,
+commit, date and host (benchmarks/RESULTS_demo_seeds.json is this file).
 """
 
 from __future__ import annotations
@@ -31,7 +33,10 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from ps_jax.config_defaults import load_config_file
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import provenance  # noqa: E402
+from ps_jax.config_defaults import load_config_file  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -192,11 +197,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   parser.add_argument("--markdown", action="store_true")
   parser.add_argument("--min_gap", default="", help="A,B,POINTS: A must beat B by POINTS "
                       "t2v R@1 on every seed (config names without .py)")
-  parser.add_argument("--json", default="", help="also write the summary to this file")
+  parser.add_argument("--json", default="", help="also write the runs, the summary and "
+                      "the command, commit, date and host to this file")
+  argv = sys.argv[1:] if argv is None else list(argv)
   args, extra = parser.parse_known_args(argv)
   bad = [a for a in extra if not a.startswith("--config.")]
   if bad:
     parser.error(f"unknown arguments {bad} (only --config.<field>=<value> are passed on)")
+  made_by = provenance.record("run_seeds.py", argv)  # the checkout the runs start from
   seeds = [int(s) for s in args.seeds.split(",")]
   data_dir = os.path.abspath(args.data_dir or os.path.join(args.root, "data"))
   results, per_seed, runs, digests = {}, {}, {}, {}
@@ -215,8 +223,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     print("\n" + "\n".join(markdown_seed_rows(runs)))
   if args.json:
     with open(args.json, "w", encoding="utf-8") as f:
-      json.dump({"seeds": seeds, "extra_args": list(extra), "config_sha256": digests,
-                 "summary": results, "t2v_R@1": per_seed, "runs": runs}, f, indent=2)
+      json.dump({"provenance": made_by, "seeds": seeds, "extra_args": list(extra),
+                 "config_sha256": digests, "summary": results, "t2v_R@1": per_seed,
+                 "runs": runs}, f, indent=2)
   if args.min_gap:
     a, b, points = args.min_gap.split(",")
     gaps = np.asarray(per_seed[a]) - np.asarray(per_seed[b])

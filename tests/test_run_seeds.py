@@ -1,4 +1,5 @@
-"""benchmarks/run_seeds.py: the statistics README's demo table is made of, and its gap check.
+"""benchmarks/run_seeds.py: the statistics README's demo table is made of, its gap check,
+and the command, commit, date and host its --json file records.
 
 Finished runs are reused (a workdir with metrics.json is not run again), so these tests
 feed it workdirs with hand-written metrics instead of training.
@@ -6,6 +7,9 @@ feed it workdirs with hand-written metrics instead of training.
 
 import json
 import os
+import platform
+import re
+import subprocess
 
 import pytest
 
@@ -52,3 +56,23 @@ def test_the_gap_must_hold_on_every_seed(run_seeds, tmp_path, capsys):
   assert run_seeds.main(argv + ["--markdown"]) == 0
   rows = capsys.readouterr().out.splitlines()
   assert "| 1 | 14.0 / 60.0% | 10.0 / 50.0% | +4.0 | 10 | 100 |" in rows
+
+
+def test_the_json_records_command_commit_date_and_host(run_seeds, tmp_path):
+  """--json writes "provenance" in the shape test_readme reads from
+  RESULTS_demo_seeds.json: the command as typed, HEAD's short commit, UTC date, host."""
+  _finished(str(tmp_path), "demo", 0, 20.0, 70.0)
+  argv = ["--configs", "configs/demo.py", "--seeds", "0", "--root", str(tmp_path),
+          "--json", str(tmp_path / "r.json")]
+  assert run_seeds.main(argv) == 0
+  made_by = json.load(open(tmp_path / "r.json"))["provenance"]
+  assert made_by["command"] == "python benchmarks/run_seeds.py " + " ".join(argv)
+  head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO,
+                        capture_output=True, text=True, check=False)
+  if head.returncode == 0:
+    assert made_by["commit"] == head.stdout.strip()
+    assert re.fullmatch(r"[0-9a-f]{7,40}", made_by["commit"])
+  else:  # a copy of the tree without .git
+    assert made_by["commit"].startswith("unknown")
+  assert re.fullmatch(r"20\d\d-\d\d-\d\d", made_by["date"])
+  assert made_by["host"].startswith(f"{platform.node()} ({os.cpu_count()} CPUs")
