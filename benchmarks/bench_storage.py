@@ -2,6 +2,7 @@
 
   python benchmarks/bench_storage.py [--seconds 10] [--rate 30] [--width 1280]
       [--height 720] [--copies 4] [--batches 6] [--qualities 90,95]
+      [--results benchmarks/RESULTS_storage.md]
 
 No real video exists on the development machine, so the clip is GENERATED here with
 PyAV: H.264 (libx264, yuv420p), 1280x720 at 30 fps for 10 s by default, from
@@ -39,8 +40,11 @@ import time
 import numpy as np
 from PIL import Image
 
-from ps_jax.data import builders, decoding, frame_store, pipeline, video
-from ps_jax.tokenizer import WordTokenizer
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import provenance  # noqa: E402
+from ps_jax.data import builders, decoding, frame_store, pipeline, video  # noqa: E402
+from ps_jax.tokenizer import WordTokenizer  # noqa: E402
 
 
 def _texture(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
@@ -129,9 +133,10 @@ def main():
   p.add_argument("--batches", type=int, default=6, help="timed training batches")
   p.add_argument("--qualities", default="90,95", help="JPEG qualities (all-frames rows)")
   p.add_argument("--results", default="",
-                 help="also write the table as markdown, with the command, date and host, "
-                 "to this file (benchmarks/RESULTS_storage.md is README's source)")
+                 help="also write the table as markdown, with the command, commit, date and "
+                 "host, to this file (benchmarks/RESULTS_storage.md is docs/data.md's source)")
   args = p.parse_args()
+  made_by = provenance.record("bench_storage.py", sys.argv[1:])
   qualities = [int(q) for q in args.qualities.split(",")]
   with tempfile.TemporaryDirectory(prefix="bench_storage_") as work:
     clip = os.path.join(work, "clip.mp4")
@@ -156,19 +161,19 @@ def main():
       rows.append(f"| {shown} | {kept} | {size / 1e6:.2f} MB | {prep:.2f} | {pipe:.0f} | "
                   + ("exact" if encoding == "raw" else f"{psnr:.1f}") + " |")
   if args.results:
-    write_results(args.results, n, args, rows)
+    write_results(args.results, n, args, rows, made_by)
 
 
-def write_results(path: str, num_frames: int, args, rows: list[str]) -> None:
-  """The table as markdown, with what produced it."""
-  command = "python benchmarks/bench_storage.py " + " ".join(sys.argv[1:])
+def write_results(path: str, num_frames: int, args, rows: list[str], made_by: dict) -> None:
+  """The table as markdown, with what produced it (`made_by`: a `provenance.record`)."""
   lines = [
       "# Frame storage: raw vs JPEG (benchmarks/bench_storage.py)", "",
-      f"`{command}`", "",
+      f"`{made_by['command']}`", "",
       f"Run {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} on {platform.machine()} "
       f"with {os.cpu_count()} CPUs ({platform.processor() or platform.platform()}), "
       f"Python {platform.python_version()}. Generated clip: {num_frames} frames, "
       f"{args.width}x{args.height} at {args.rate} fps, H.264; stored at short side 224.",
+      provenance.commit_line(made_by),
       "", "| storage | frames | bytes/video | prepare videos/s | pipeline frames/s | PSNR dB |",
       "|---|---:|---:|---:|---:|---:|", *rows, ""]
   with open(path, "w", encoding="utf-8") as f:

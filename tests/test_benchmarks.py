@@ -10,12 +10,14 @@ Compilation dominates these runs, so XLA's backend optimisation is turned off
 on a CPU). XLA_FLAGS is replaced, not extended, so every script sees one CPU device.
 """
 
+import importlib.util
 import json
 import math
 import os
 import re
 import subprocess
 import sys
+import types
 
 import pytest
 
@@ -395,6 +397,25 @@ def test_every_benchmark_script_is_smoke_tested():
   for test_file, test in ELSEWHERE.values():
     with open(os.path.join(REPO, "tests", test_file), encoding="utf-8") as f:
       assert test in f.read(), (test_file, test)
+
+
+def test_bench_storage_results_file_records_command_commit_date_and_host(tmp_path):
+  """--results writes what test_readme looks for beside a table the docs quote: the
+  command and `Commit: ...; date: ...; host: ...` (write_results alone, nothing measured)."""
+  spec = importlib.util.spec_from_file_location(
+      "bench_storage", os.path.join(REPO, "benchmarks", "bench_storage.py"))
+  bench_storage = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(bench_storage)
+  made_by = bench_storage.provenance.record("bench_storage.py", ["--results", "r.md"])
+  row = "| raw | 6 | 0.10 MB | 1.00 | 100 | exact |"
+  bench_storage.write_results(str(tmp_path / "r.md"), 6,
+                              types.SimpleNamespace(width=320, height=180, rate=12), [row],
+                              made_by)
+  lines = (tmp_path / "r.md").read_text().splitlines()
+  assert "`python benchmarks/bench_storage.py --results r.md`" in lines
+  commit = next(l for l in lines if l.startswith("Commit: "))
+  assert re.fullmatch(r"Commit: .+; date: 20\d\d-\d\d-\d\d; host: \S.*", commit), commit
+  assert row in lines
 
 
 def test_profile_step_prints_thunk_costs_by_category(tmp_path):
