@@ -8,10 +8,14 @@
 `init_from` is a local HF CLIP directory (config.json, model.safetensors, vocab.json,
 merges.txt). Official recipe: 6 prompts, 6 training frames, 12 test frames, batch 32,
 5 epochs, AdamW lr 1e-6 (CLIP) / 1e-5 (prompt cube, caption head), weight decay 0.2,
-cosine with 10% warm-up, clipping at 1.0. Hardware: one 8-chip TPU slice or 8 GPUs
-(data parallel), or one GPU with grad_accum_steps. The paper reports t2v R@1 47.8 for
-ViT-B/32 (selected on test); ps_jax selects on a validation hold-out of 1,000 training
-videos (config.select_on="val"), so expect slightly lower, honestly selected numbers.
+cosine with 10% warm-up, clipping at 1.0. The compute is not the official one: the
+official trainer computes in float32, ps_jax in bfloat16 by default (model.dtype in
+ps_jax/config_defaults.py: bfloat16 matmul operands, float32 accumulation, parameters and
+loss); `--config.model.dtype=float32` computes as the official code does. Hardware: one
+8-chip TPU slice or 8 GPUs (data parallel), or one GPU with grad_accum_steps. The paper
+reports t2v R@1 47.8 for ViT-B/32 (selected on test); ps_jax selects on a validation
+hold-out of 1,000 training videos (config.select_on="val"), so expect slightly lower,
+honestly selected numbers.
 `--config.protocol=official` runs the official protocol instead (the whole 9k list, 10
 test evaluations an epoch, best moving average of 5 test R@1), labelled as test-selected.
 `--fps 3` re-times the videos like the official compress step (224 px, 3 fps); videos

@@ -1,4 +1,5 @@
-"""`--mode eval` of weights that were never trained here (README "Reproducing", step 4).
+"""`--mode eval` of weights that were never trained here (docs/reproducing.md, "MSR-VTT,
+step by step", step 4).
 
 Real MSVD test ids and captions (../shared/data) backed by small generated videos,
 evaluated by the real command line from a tiny HF CLIP directory (its own CLIP BPE

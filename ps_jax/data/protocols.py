@@ -12,7 +12,9 @@ counts it actually ran on ("995 of 1000 test videos present").
   msrvtt/9k, msrvtt/7k          training list 9,000 / 7,010 videos; test 1k-A
                                 (1,000 videos, one caption each)
   msvd/multi-caption            1,200 / 100 / 670 videos, every caption a query
-  lsmdc/1k                      the 1,000-clip public test, one caption each
+  lsmdc/1k                      the 1,000-clip public test, one caption each; ps_jax
+                                keeps all 1,000 clips, where the official loader skips
+                                1012_Unbreakable_00.05.16.065-00.05.21.941 (999)
   activitynet/val1-paragraph    paragraphs; test = val_ids.json with val_1.json
   didemo/test-paragraph         paragraphs; val / test = {val,test}_data.json
   moving_shapes/<size>          the synthetic benchmark
@@ -74,7 +76,10 @@ PROTOCOLS = {p.name: p for p in (
               "test": SplitCounts(670, 27763)}),
     Protocol("lsmdc/1k", "lsmdc", "one caption",
              ("LSMDC16_annos_training.csv", "LSMDC16_challenge_1000_publictect.csv"),
-             {"train": SplitCounts(None, None), "test": SplitCounts(1000, 1000)}),
+             {"train": SplitCounts(None, None), "test": SplitCounts(1000, 1000)},
+             "ps_jax tests on all 1,000 clips; the official loader "
+             "(datasets/lsmdc_dataset.py) skips 1012_Unbreakable_00.05.16.065-00.05.21.941 "
+             "and tests on 999"),
     Protocol("activitynet/val1-paragraph", "activitynet",
              "a paragraph: all sentences of the video joined, truncated to the text "
              "context (77 CLIP tokens, EOS kept)",
