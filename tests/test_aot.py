@@ -9,6 +9,7 @@ import importlib.util
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 
@@ -203,3 +204,32 @@ def test_a_mesh_that_does_not_cover_the_slice_is_refused():
   config.mesh.data, config.mesh.fsdp = 3, 1
   with pytest.raises(aot.CompileCheckError, match="4 chips of v5e:2x2"):
     aot.make_target(config)
+
+
+@libtpu
+def test_hlo_profile_attributes_the_compiled_steps_cycles(capsys):
+  """benchmarks/tpu_hlo_profile.py on the tiny model's train step for v5e:2x2: every
+  scheduled op is classed, the matmuls and the optimizer have cycles of their own, and
+  each table's shares add up to the whole."""
+  spec = importlib.util.spec_from_file_location(
+      "tpu_hlo_profile", os.path.join(REPO, "benchmarks", "tpu_hlo_profile.py"))
+  profile = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(profile)
+  profile.main(["--config", TINY, "--topology", "v5e:2x2", "--mesh", "2,2",
+                "--videos_per_chip", "2", "--frames", "4"])
+  out = capsys.readouterr().out
+  assert out.startswith("Command: `python benchmarks/tpu_hlo_profile.py --config ")
+  total = float(re.search(r"ops, ([\d.]+) M estimated cycles", out).group(1))
+  assert total > 0
+  tables = [t for t in out.split("\n\n") if t.startswith("| ")]
+  assert len(tables) == 2
+  for t in tables:
+    rows = {r.split(" | ")[0][2:]: r.split(" | ") for r in t.splitlines()[2:]}
+    assert abs(sum(float(r[1]) for r in rows.values()) - total) < 0.005 * len(rows) + 0.01
+    assert abs(sum(float(r[2].rstrip("%")) for r in rows.values()) - 100) < 0.05 * len(rows)
+  ops = dict((r.split(" | ")[0][2:], float(r.split(" | ")[1]))
+             for r in tables[0].splitlines()[2:])
+  assert ops["matmuls (projections, MLP, heads)"] > 0
+  assert ops["optimizer, clipping, loss scalars"] > 0
+  parts = {r.split(" | ")[0][2:] for r in tables[1].splitlines()[2:]}
+  assert {"vision", "text", "loss, optimizer"} <= parts
