@@ -14,14 +14,15 @@ ESTIMATES (roofline bounds from the compiled cost analysis), not measurements.
 
 import argparse
 import concurrent.futures
-import datetime
 import json
 import os
-import platform
 import subprocess
 import sys
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import provenance  # noqa: E402  pylint: disable=g-import-not-at-top
+
 GiB = 2 ** 30
 # name -> (slice, config, overrides): 12 training frames, the config's own compute.
 ROWS = {
@@ -172,17 +173,15 @@ def main():
   text = table(names, args.workdir)
   print(text)
   if args.out:
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
-                            text=True, cwd=REPO, check=False).stdout.strip()
-    first = next((record(n, args.workdir) for n in names if record(n, args.workdir)), {})
-    v = first.get("versions", {})
+    rec = provenance.record("tpu_compile_table.py", sys.argv[1:])
+    found = {n: record(n, args.workdir) for n in names}
+    v = next((r for r in found.values() if r), {}).get("versions", {})
+    compiled = "; ".join(f"{n} {r['date'][:10]}" for n, r in found.items() if r)
     with open(args.out, "w") as f:
-      f.write(f"# TPU compile check: the launch table\n\nCommand: `python "
-              f"benchmarks/tpu_compile_table.py {' '.join(sys.argv[1:])}` (each row: "
-              f"`{' '.join(command(names[0], '<workdir>')[1:])}` with its slice, config "
-              f"and mesh)\nCommit: {commit}; date: "
-              f"{datetime.date.today().isoformat()}; host: {platform.node()} "
-              f"({os.cpu_count()} CPUs), jax {v.get('jax')}, libtpu {v.get('libtpu')}\n\n"
+      f.write(f"# TPU compile check: the launch table\n\nCommand: `{rec['command']}` "
+              f"(each row: `{' '.join(command(names[0], '<workdir>')[1:])}` with its "
+              f"slice, config and mesh)\n{provenance.commit_line(rec)} jax {v.get('jax')}, "
+              f"libtpu {v.get('libtpu')}; rows compiled (UTC): {compiled or 'none'}\n\n"
               f"{text}\n{NOTES}")
   if args.update_docs:
     update_docs(text)
