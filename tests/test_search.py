@@ -9,6 +9,7 @@ import jax
 import numpy as np
 import pytest
 
+from ps_jax import search as search_cli
 from ps_jax.retrieval import store as index_lib
 from ps_jax.retrieval import topk as search
 
@@ -137,7 +138,7 @@ def test_cli_with_query_embeddings(index_dir, tmp_path, capsys):
   queries[1, 4] = 1.0
   path = os.path.join(tmp_path, "q.npy")
   np.save(path, queries)
-  assert search.main(["--index", index_dir, "--query_embeddings", path, "--top_k", "2"]) == 0
+  assert search_cli.main(["--index", index_dir, "--query_embeddings", path, "--top_k", "2"]) == 0
   out = capsys.readouterr().out
   assert _result_ids(out) == ["video3", "video1", "video4", "video0"]
   assert "1\t0.8944\tvideo3" in out
@@ -154,10 +155,10 @@ def test_cli_with_text_queries_and_hook(index_dir, tmp_path, capsys):
 
   argv = ["--index", index_dir, "--query", "third", "--queries_file", queries_file,
           "--top_k", "1", "--batch_size", "1", "--approx"]
-  assert search.main(argv, embed_queries=embed_queries) == 0
+  assert search_cli.main(argv, embed_queries=embed_queries) == 0
   out = capsys.readouterr().out
   assert _result_ids(out) == ["video2", "video1"] and "# query: third" in out
   with pytest.raises(SystemExit) as e:
-    search.main(["--index", index_dir, "--query", "x"])
+    search_cli.main(["--index", index_dir, "--query", "x"])
   assert e.value.code == 2
   assert "no text encoder is wired in" in capsys.readouterr().err
