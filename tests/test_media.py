@@ -111,3 +111,29 @@ def test_corrupt_media_files_are_named(tmp_path):
   os.remove(os.path.join(path, "thumbnails.npy"))
   with pytest.raises(ix.IndexFormatError, match=r"sources\.json.*not valid JSON"):
     ix.load_media(path, 2)
+
+
+def test_strip_skips_black_and_blank_frames():
+  rng = np.random.default_rng(0)
+  clip = rng.integers(40, 220, (12, 32, 32, 3), dtype=np.uint8)  # textured frames
+  clip[:3] = 0                 # a fade in from black
+  clip[3, :, :, :] = 5         # near black
+  clip[10:] = 200              # a flat title card at the end
+  clip[7] = clip[7] // 8       # a dark frame with detail: mean under the threshold
+  usable = media.usable_frames(clip)
+  assert usable.tolist() == [False] * 4 + [True] * 3 + [False] + [True] * 2 + [False] * 2
+  s = media.strip(clip)
+  assert s.shape == (96, 4 * 96, 3)
+  expected = media.strip(clip[[4, 5, 8, 9]])  # 4 spread over the usable 4, 5, 6, 8, 9
+  np.testing.assert_array_equal(s, expected)
+  # One usable frame: every tile shows it; none: spread over all frames as before.
+  one = np.zeros((6, 32, 32, 3), np.uint8)
+  one[2] = clip[5]
+  tiles = media.strip(one)
+  assert all(np.array_equal(tiles[:, :96], tiles[:, 96 * i:96 * (i + 1)]) for i in range(4))
+  black = np.zeros((6, 32, 32, 3), np.uint8)
+  assert media.strip(black).shape == (96, 4 * 96, 3) and not media.strip(black).any()
+  # Coding noise on a flat frame does not make it usable.
+  noisy = np.clip(np.full((2, 32, 32, 3), 128.0) + rng.normal(0, 2, (2, 32, 32, 3)), 0,
+                  255).astype(np.uint8)
+  assert not media.usable_frames(noisy).any()

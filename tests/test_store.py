@@ -6,6 +6,7 @@ import os
 import numpy as np
 import pytest
 
+from ps_jax.retrieval import fingerprint
 from ps_jax.retrieval import store as ix
 
 FP = "sha256:" + "ab" * 32
@@ -190,12 +191,12 @@ def test_fingerprint_params():
   params = {"b": {"w": np.arange(6, dtype=np.float32).reshape(2, 3)},
             "a": np.ones(2, np.float16)}
   config = {"width": 8, "layers": [1, 2], "name": "vit"}
-  fp = ix.fingerprint_params(config, params)
+  fp = fingerprint.fingerprint_params(config, params)
   assert fp.startswith("sha256:") and len(fp) == len("sha256:") + 64
   reordered = {"a": np.ones(2, np.float16),
                "b": {"w": np.arange(6, dtype=np.float32).reshape(2, 3)}}
-  assert ix.fingerprint_params({"name": "vit", "layers": [1, 2], "width": 8}, reordered) == fp
+  assert fingerprint.fingerprint_params({"name": "vit", "layers": [1, 2], "width": 8}, reordered) == fp
   changed = {"a": np.ones(2, np.float16), "b": {"w": np.arange(6, dtype=np.float32).reshape(3, 2)}}
-  assert ix.fingerprint_params(config, changed) != fp  # Same bytes, other shape.
-  assert ix.fingerprint_params({**config, "width": 9}, params) != fp
-  assert ix.fingerprint_params(config, {**params, "a": np.ones(2, np.float32)}) != fp
+  assert fingerprint.fingerprint_params(config, changed) != fp  # Same bytes, other shape.
+  assert fingerprint.fingerprint_params({**config, "width": 9}, params) != fp
+  assert fingerprint.fingerprint_params(config, {**params, "a": np.ones(2, np.float32)}) != fp

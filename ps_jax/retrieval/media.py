@@ -10,8 +10,9 @@ committed together with ids.json and embeddings.npy by `ps_jax.retrieval.store`:
   dataset: no file to play).
 
 A strip is `THUMB_FRAMES` frames of the clip the model embedded (evenly spread over its
-F frames), each resized to THUMB_SIZE x THUMB_SIZE, side by side: a page can show it
-whole or step through it as an animation (frames = width / height). An index without
+F frames that show something: not black, blank or one flat colour), each resized to
+THUMB_SIZE x THUMB_SIZE, side by side: a page can show it whole or step through it as an
+animation (frames = width / height). An index without
 these files (older ones, or rows appended without media) still serves; its rows have no
 thumbnail and no source.
 """
@@ -35,17 +36,39 @@ FILES = (THUMBS_FILE, OFFSETS_FILE, SOURCES_FILE)
 THUMB_FRAMES = 4
 THUMB_SIZE = 96
 JPEG_QUALITY = 85
+# A frame is usable in a thumbnail unless it is near-uniform: its luminance (BT.601, 0-255)
+# has a standard deviation of at most BLANK_MAX_STD (a flat colour: blank, a one-colour
+# title card; video coding noise stays well under it) or a mean of at most DARK_MAX_MEAN
+# (black, a fade from or to black).
+BLANK_MAX_STD = 6.0
+DARK_MAX_MEAN = 24.0
+_LUMA = np.array([0.299, 0.587, 0.114], np.float32)
+
+
+def usable_frames(clip: np.ndarray) -> np.ndarray:
+  """bool[F] of uint8[F, H, W, 3]: which frames are not near-uniform (see BLANK_MAX_STD,
+  DARK_MAX_MEAN), measured on every 4th pixel of every 4th row."""
+  luma = np.asarray(clip[:, ::4, ::4], np.float32) @ _LUMA
+  flat = luma.reshape(len(luma), -1)
+  return (flat.std(axis=1) > BLANK_MAX_STD) & (flat.mean(axis=1) > DARK_MAX_MEAN)
 
 
 def strip(clip: np.ndarray, num_frames: int = THUMB_FRAMES, size: int = THUMB_SIZE
           ) -> np.ndarray:
-  """uint8[F, H, W, 3] -> uint8[size, size * min(num_frames, F), 3]: evenly spread frames,
-  each resized (bicubic) to size x size, left to right in time order."""
+  """uint8[F, H, W, 3] -> uint8[size, size * min(num_frames, F), 3]: frames evenly spread
+  over the usable ones (`usable_frames`), each resized (bicubic) to size x size, left to
+  right in time order.
+
+  With fewer usable frames than tiles, the usable ones repeat; with none, the frames are
+  spread over all F. The shape depends on F alone."""
   clip = np.asarray(clip)
   if clip.ndim != 4 or clip.shape[-1] != 3 or not clip.shape[0]:
     raise ValueError(f"clip must be uint8[F>0, H, W, 3], got {clip.dtype}{clip.shape}")
   k = min(num_frames, clip.shape[0])
-  picks = np.round(np.linspace(0, clip.shape[0] - 1, k)).astype(int)
+  shown = np.flatnonzero(usable_frames(clip))
+  if not len(shown):
+    shown = np.arange(clip.shape[0])
+  picks = shown[np.round(np.linspace(0, len(shown) - 1, k)).astype(int)]
   tiles = [np.asarray(Image.fromarray(np.ascontiguousarray(clip[i], np.uint8)).resize(
       (size, size), Image.Resampling.BICUBIC)) for i in picks]
   return np.concatenate(tiles, axis=1)
@@ -139,6 +162,37 @@ def write_new(path: str, suffix: str, old: Optional[Media], count: int,
     rows = list(old.sources or [None] * old.count) + list(sources or [None] * count)
     with open(os.path.join(path, SOURCES_FILE + suffix), "w", encoding="utf-8") as f:
       json.dump(rows, f)
+      f.flush()
+      os.fsync(f.fileno())
+    names.append(SOURCES_FILE)
+  return names
+
+
+def write_subset(path: str, suffix: str, old: Media, keep: np.ndarray) -> list[str]:
+  """Writes the media files of `old`'s rows at `keep` (int[M], increasing) as
+  `<name><suffix>` files, synced, for the store's commit; returns the names written
+  (none when `old` has no media)."""
+  keep = np.asarray(keep, np.int64)
+  names = []
+  if old.offsets is not None:
+    sizes = old.offsets[keep + 1] - old.offsets[keep]
+    offsets = np.concatenate([[0], np.cumsum(sizes, dtype=np.int64)]).astype(np.int64)
+    with open(os.path.join(path, THUMBS_FILE + suffix), "wb") as out, \
+        open(old.thumbnails_file, "rb") as f:
+      for row, size in zip(keep, sizes):
+        if size:
+          f.seek(int(old.offsets[row]))
+          out.write(f.read(int(size)))
+      out.flush()
+      os.fsync(out.fileno())
+    with open(os.path.join(path, OFFSETS_FILE + suffix), "wb") as f:
+      np.save(f, offsets, allow_pickle=False)
+      f.flush()
+      os.fsync(f.fileno())
+    names += [THUMBS_FILE, OFFSETS_FILE]
+  if old.sources is not None:
+    with open(os.path.join(path, SOURCES_FILE + suffix), "w", encoding="utf-8") as f:
+      json.dump([old.sources[int(r)] for r in keep], f)
       f.flush()
       os.fsync(f.fileno())
     names.append(SOURCES_FILE)

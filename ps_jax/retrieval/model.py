@@ -13,7 +13,7 @@ from typing import Any, Optional
 
 from ps_jax import api, checkpoints, convert
 from ps_jax.data import tokenizers
-from ps_jax.retrieval import store
+from ps_jax.retrieval import fingerprint
 
 DEFAULT_MAX_LEN = 77
 
@@ -32,8 +32,8 @@ def model_description(model) -> dict:
 
 
 def model_fingerprint(model, params) -> str:
-  """`store.fingerprint_params` over `model_description(model)` and all of `params`."""
-  return store.fingerprint_params(model_description(model), params)
+  """`fingerprint.fingerprint_params` over `model_description(model)` and all of `params`."""
+  return fingerprint.fingerprint_params(model_description(model), params)
 
 
 def tokenizer_spec(model_path: str, model_file: Optional[dict] = None) -> Optional[str]:

@@ -1,46 +1,47 @@
 """On-disk video embedding index: ids.json + embeddings.npy + meta.json in one directory.
 
-Layer: foundation (numpy; `media` for the optional thumbnails and source paths). The
-index is a local directory (it is memory-mapped).
+Layer: foundation (numpy; `media` for the optional thumbnails and source paths,
+`commit`). The index is a local directory (it is memory-mapped).
 
 Layout (format version 1):
 - `ids.json`: JSON list of N unique video id strings, row order of the embeddings.
 - `embeddings.npy`: float16 (default) or float32 [N, E], every row L2-normalised.
 - `meta.json`: {"format_version", "fingerprint", "dim", "dtype", "count", "created",
-  "updated", "source", "metadata", "appends"}. `fingerprint` identifies the model that
-  produced the embeddings (see `fingerprint_params`); appending with another model is
+  "updated", "source", "metadata", "appends", optional "removals"}. `fingerprint` identifies the model that
+  produced the embeddings (see `ps_jax.retrieval.fingerprint`); appending with another model is
   refused, since embeddings of two models are not comparable.
 - optional, per row: thumbnail strips and source video paths (`ps_jax.retrieval.media`).
+- optional `sync.json`: what an index of a folder of files knows about those files
+  (`ps_jax.retrieval.folder`): {"rows": {id: {"path", "size",
+  "mtime_ns"}}, "skipped": {id: {"path", "size", "mtime_ns", "reason", "detail"}}},
+  committed with the rows it describes.
 
-Writes are atomic with one writer at a time: new files are written as `<name>.new`, then
-the marker `COMMIT` is created (the commit point), then each `<name>.new` is renamed over
-`<name>` and the marker removed. A reader that finds `COMMIT` reads the `.new` files that
-are still there; a writer first finishes such an interrupted commit, or deletes `.new`
-files left without a marker. A crash at any moment thus leaves either the old index or
-the new one, never a mix.
+Writes are atomic with one writer at a time (`ps_jax.retrieval.commit`): a crash at any
+moment leaves either the old index or the new one, never a mix; appends and removals
+rewrite the files they change.
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import datetime
-import hashlib
 import json
 import os
 from typing import Any, Mapping, Optional, Sequence
 
 import numpy as np
 
+from ps_jax.retrieval import commit as commit_lib
 from ps_jax.retrieval import media as media_lib
 
 FORMAT_VERSION = 1
 IDS_FILE = "ids.json"
 EMBEDDINGS_FILE = "embeddings.npy"
 META_FILE = "meta.json"
-COMMIT_MARKER = "COMMIT"
+COMMIT_MARKER = commit_lib.COMMIT_MARKER
+SYNC_FILE = "sync.json"
 _FILES = (IDS_FILE, EMBEDDINGS_FILE, META_FILE)
-_NEW = ".new"
+_NEW = commit_lib.NEW
 DTYPES = ("float16", "float32")
 # Largest allowed | ||row|| - 1 | per storage dtype (rounding of a normalised row).
 NORM_TOLERANCE = {"float16": 4e-3, "float32": 1e-4}
@@ -82,110 +83,12 @@ class Index:
     return len(self.ids)
 
 
-# ----------------------------------------------------------------------------- fingerprint
-
-
-def _json_default(value):
-  if isinstance(value, (np.generic, np.ndarray)):
-    return value.tolist()
-  raise TypeError(f"Config value of type {type(value).__name__} is not JSON serialisable: "
-                  f"{value!r}")
-
-
-def canonical_json(config: Any) -> str:
-  """Canonical JSON of a config: sorted keys, no spaces, ASCII (ml_collections via to_dict)."""
-  if hasattr(config, "to_dict"):
-    config = config.to_dict()
-  return json.dumps(config, sort_keys=True, separators=(",", ":"), ensure_ascii=True,
-                    allow_nan=True, default=_json_default)
-
-
-def fingerprint_params(config_dict: Any, params_pytree: Any) -> str:
-  """A model fingerprint: sha256 over the canonical config JSON and the parameter bytes.
-
-  Parameters are hashed leaf by leaf in sorted key-path order, each as its path, dtype,
-  shape and C-order bytes, so the result does not depend on dict insertion order or on
-  the device the arrays live on.
-
-  Args: config_dict, the model config (a dict, or anything with `to_dict()`), JSON-able;
-  params_pytree, a pytree of arrays (jax or numpy). Returns "sha256:<64 hex digits>".
-  """
-  import jax  # pylint: disable=g-import-not-at-top
-
-  h = hashlib.sha256()
-  config_json = canonical_json(config_dict).encode("utf-8")
-  h.update(b"config\0%d\0" % len(config_json))
-  h.update(config_json)
-  leaves = jax.tree_util.tree_flatten_with_path(params_pytree)[0]
-  keyed = sorted((jax.tree_util.keystr(path), leaf) for path, leaf in leaves)
-  for name, leaf in keyed:
-    array = np.ascontiguousarray(np.asarray(leaf))
-    header = f"param\0{name}\0{array.dtype.str}\0{array.shape}\0".encode("utf-8")
-    h.update(header)
-    h.update(array.tobytes())
-  return "sha256:" + h.hexdigest()
-
-
-# ----------------------------------------------------------------------------- atomic commit
-
-
-def _fsync_dir(path: str) -> None:
-  with contextlib.suppress(OSError):
-    fd = os.open(path, os.O_RDONLY)
-    try:
-      os.fsync(fd)
-    finally:
-      os.close(fd)
-
-
 def _recover(path: str) -> None:
-  """Finishes a commit interrupted after its marker, or drops one interrupted before it."""
-  marker = os.path.join(path, COMMIT_MARKER)
-  committed = os.path.exists(marker)
-  for name in _FILES + media_lib.FILES:
-    new = os.path.join(path, name + _NEW)
-    if os.path.exists(new):
-      if committed:
-        os.replace(new, os.path.join(path, name))
-      else:
-        os.unlink(new)
-  if committed:
-    _fsync_dir(path)
-    os.unlink(marker)
-  _fsync_dir(path)
+  commit_lib.recover(path, _FILES + media_lib.FILES + (SYNC_FILE,))
 
 
 def _commit(path: str, names: Sequence[str]) -> None:
-  """Makes the already written and synced `<name>.new` files the index, atomically."""
-  _fsync_dir(path)
-  marker = os.path.join(path, COMMIT_MARKER)
-  with open(marker + _NEW, "w") as f:
-    f.write(" ".join(names) + "\n")
-    f.flush()
-    os.fsync(f.fileno())
-  os.replace(marker + _NEW, marker)  # The commit point.
-  _fsync_dir(path)
-  _recover(path)
-
-
-def _current(path: str, name: str) -> str:
-  """The file a reader should read for `name` (its `.new` during a committed rename)."""
-  new = os.path.join(path, name + _NEW)
-  if os.path.exists(os.path.join(path, COMMIT_MARKER)) and os.path.exists(new):
-    return new
-  return os.path.join(path, name)
-
-
-def _write_json(file: str, value: Any) -> None:
-  with open(file, "w", encoding="utf-8") as f:
-    f.write(json.dumps(value, indent=1) + "\n")
-    f.flush()
-    os.fsync(f.fileno())
-
-
-def _sync_file(file: str) -> None:
-  with open(file, "rb+") as f:
-    os.fsync(f.fileno())
+  commit_lib.commit(path, names, _FILES + media_lib.FILES + (SYNC_FILE,))
 
 
 # ----------------------------------------------------------------------------- validation
@@ -247,20 +150,22 @@ def write_index(path: str, ids: Sequence[str], embeddings, fingerprint: str,
                 metadata: Optional[Mapping[str, Any]] = None, dtype: str = "float16", *,
                 source: Optional[str] = None, overwrite: bool = False,
                 thumbnails: Optional[Sequence[Optional[bytes]]] = None,
-                sources: Optional[Sequence[Optional[str]]] = None) -> dict:
+                sources: Optional[Sequence[Optional[str]]] = None,
+                sync: Optional[Mapping[str, Any]] = None) -> dict:
   """Writes a new index directory.
 
   Args:
     path: the index directory (created if needed).
     ids: N unique, non-empty video id strings.
     embeddings: float[N, E] video embeddings; rows are L2-normalised here.
-    fingerprint: the model fingerprint (e.g. `fingerprint_params(config, params)`).
+    fingerprint: the model fingerprint (e.g. `fingerprint.fingerprint_params`).
     metadata: extra JSON-able information stored under meta["metadata"].
     dtype: storage dtype, "float16" (default) or "float32".
     source: where the embeddings come from (dataset, split, checkpoint), meta["source"].
     overwrite: replace an existing index at `path` (refused otherwise).
     thumbnails, sources: N JPEG strips and N source video paths (None entries allowed);
       see `ps_jax.retrieval.media`. The media files are always written (empty if None).
+    sync: the folder state to commit with the rows (SYNC_FILE), or None (none kept).
 
   Returns:
     The meta.json content written.
@@ -280,20 +185,23 @@ def write_index(path: str, ids: Sequence[str], embeddings, fingerprint: str,
           "dtype": dtype, "count": len(ids), "created": now, "updated": now,
           "source": source, "metadata": dict(metadata or {}), "appends": []}
   json.dumps(meta)  # Fails here, before any file is written, if metadata is not JSON-able.
-  _write_json(os.path.join(path, IDS_FILE + _NEW), ids)
+  commit_lib.write_json(os.path.join(path, IDS_FILE + _NEW), ids)
   with open(os.path.join(path, EMBEDDINGS_FILE + _NEW), "wb") as f:
     np.save(f, rows.astype(dtype), allow_pickle=False)
     f.flush()
     os.fsync(f.fileno())
-  _write_json(os.path.join(path, META_FILE + _NEW), meta)
+  commit_lib.write_json(os.path.join(path, META_FILE + _NEW), meta)
   none = [None] * len(ids)
   media_lib.write_new(path, _NEW, None, len(ids), thumbnails or none, sources or none)
-  _commit(path, _FILES + media_lib.FILES)
+  if sync is None and os.path.exists(os.path.join(path, SYNC_FILE)):
+    sync = {"rows": {}, "skipped": {}}  # the replaced index's state goes with it
+  _commit(path, _FILES + media_lib.FILES + _write_sync(path, sync))
   return meta
 
 
 def append_to_index(path: str, ids: Sequence[str], embeddings, fingerprint: str, *,
-                    source: Optional[str] = None, thumbnails=None, sources=None) -> dict:
+                    source: Optional[str] = None, thumbnails=None, sources=None,
+                    sync: Optional[Mapping[str, Any]] = None) -> dict:
   """Appends rows to an existing index, atomically.
 
   Args:
@@ -303,6 +211,7 @@ def append_to_index(path: str, ids: Sequence[str], embeddings, fingerprint: str,
     fingerprint: must equal the index's fingerprint.
     source: recorded with the append in meta["appends"].
     thumbnails, sources: the new rows' media, as for `write_index` (None: none).
+    sync: the folder state to commit with the rows (None: the index's is kept).
 
   Returns:
     The new meta.json content.
@@ -331,24 +240,82 @@ def append_to_index(path: str, ids: Sequence[str], embeddings, fingerprint: str,
   out[old.shape[0]:] = rows.astype(dtype)
   out.flush()
   del out, old
-  _sync_file(os.path.join(path, EMBEDDINGS_FILE + _NEW))
+  commit_lib.sync_file(os.path.join(path, EMBEDDINGS_FILE + _NEW))
   meta = dict(index.meta)
   now = _now()
   meta.update(count=total, updated=now,
               appends=list(meta.get("appends", [])) + [
                   {"time": now, "count": len(new_ids), "source": source}])
-  _write_json(os.path.join(path, IDS_FILE + _NEW), index.ids + new_ids)
-  _write_json(os.path.join(path, META_FILE + _NEW), meta)
+  commit_lib.write_json(os.path.join(path, IDS_FILE + _NEW), index.ids + new_ids)
+  commit_lib.write_json(os.path.join(path, META_FILE + _NEW), meta)
   names = media_lib.write_new(path, _NEW, load_media(path, index.meta["count"]),
                               len(new_ids), thumbnails, sources)
-  _commit(path, _FILES + tuple(names))
+  _commit(path, _FILES + tuple(names) + _write_sync(path, sync))
   return meta
+
+
+def remove_from_index(path: str, ids: Sequence[str], *, reason: Optional[str] = None,
+                      sync: Optional[Mapping[str, Any]] = None) -> dict:
+  """Removes rows from an existing index, atomically; the others keep their order.
+
+  Args:
+    path: an index directory.
+    ids: ids to remove (ids not in the index are ignored).
+    reason: recorded with the removal in meta["removals"].
+    sync: the folder state to commit with it (None: the index's is kept).
+
+  Returns:
+    The new meta.json content.
+  """
+  _recover(path)
+  index = load_index(path, mmap=True, check_norms=False)
+  gone = set(_check_ids(ids, "ids")) if ids else set()
+  keep = np.asarray([r for r, video_id in enumerate(index.ids) if video_id not in gone],
+                    np.int64)
+  out = np.lib.format.open_memmap(os.path.join(path, EMBEDDINGS_FILE + _NEW), mode="w+",
+                                  dtype=index.meta["dtype"], shape=(len(keep), index.dim))
+  for start in range(0, len(keep), _ROWS_PER_CHUNK):
+    rows = keep[start:start + _ROWS_PER_CHUNK]
+    out[start:start + len(rows)] = index.embeddings[rows]
+  out.flush()
+  del out
+  commit_lib.sync_file(os.path.join(path, EMBEDDINGS_FILE + _NEW))
+  meta = dict(index.meta)
+  now = _now()
+  meta.update(count=len(keep), updated=now,
+              removals=list(meta.get("removals", [])) + [
+                  {"time": now, "count": len(index) - len(keep), "reason": reason}])
+  commit_lib.write_json(os.path.join(path, IDS_FILE + _NEW), [index.ids[r] for r in keep])
+  commit_lib.write_json(os.path.join(path, META_FILE + _NEW), meta)
+  names = media_lib.write_subset(path, _NEW, load_media(path, len(index)), keep)
+  _commit(path, _FILES + tuple(names) + _write_sync(path, sync))
+  return meta
+
+
+def _write_sync(path: str, sync: Optional[Mapping[str, Any]]) -> tuple:
+  """Writes SYNC_FILE.new for the commit; returns the names to commit (none if None)."""
+  if sync is None:
+    return ()
+  commit_lib.write_json(os.path.join(path, SYNC_FILE + _NEW), dict(sync))
+  return (SYNC_FILE,)
+
+
+def load_sync(path: str) -> Optional[dict]:
+  """The index's SYNC_FILE content, or None when it keeps none."""
+  file = commit_lib.current(path, SYNC_FILE)
+  if not os.path.exists(file):
+    return None
+  state = _load_json(file)
+  if not isinstance(state, dict) or not isinstance(state.get("rows"), dict) or not \
+      isinstance(state.get("skipped"), dict):
+    raise IndexFormatError(f"{file!r} must hold an object with 'rows' and 'skipped' objects")
+  return state
 
 
 def load_media(path: str, count: int) -> media_lib.Media:
   """The thumbnails and source paths of an index of `count` rows (none stored: empty)."""
   try:
-    return media_lib.read({n: _current(path, n) for n in media_lib.FILES}, count)
+    return media_lib.read({n: commit_lib.current(path, n) for n in media_lib.FILES}, count)
   except ValueError as e:
     raise IndexFormatError(str(e)) from e
 
@@ -431,9 +398,9 @@ def load_index(path: str, *, mmap: bool = False, check_norms: bool = True) -> In
   """
   if not os.path.isdir(path):
     raise IndexFormatError(f"Index directory {path!r} does not exist")
-  meta_file = _current(path, META_FILE)
+  meta_file = commit_lib.current(path, META_FILE)
   meta = _check_meta(meta_file, _load_json(meta_file))
-  ids_file = _current(path, IDS_FILE)
+  ids_file = commit_lib.current(path, IDS_FILE)
   ids = _load_json(ids_file)
   if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
     raise IndexFormatError(f"{ids_file!r} must hold a JSON list of id strings")
@@ -442,7 +409,7 @@ def load_index(path: str, *, mmap: bool = False, check_norms: bool = True) -> In
                            f"{meta['count']}")
   if len(set(ids)) != len(ids):
     raise IndexFormatError(f"{ids_file!r} has duplicate ids")
-  emb_file = _current(path, EMBEDDINGS_FILE)
+  emb_file = commit_lib.current(path, EMBEDDINGS_FILE)
   embeddings = _open_embeddings(emb_file, meta, mmap)
   if check_norms:
     tol = NORM_TOLERANCE[meta["dtype"]]
