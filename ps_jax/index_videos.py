@@ -2,7 +2,7 @@
 
   python -m ps_jax.index_videos --model PATH --dataset_dir D --dataset NAME --split S \
       --out INDEX [--append]
-  python -m ps_jax.index_videos --model PATH --video_dir DIR --out INDEX [--append]
+  python -m ps_jax.index_videos --model PATH --video_dir DIR --out INDEX [--watch]
   python -m ps_jax.main --config C --workdir W --mode index   (the workdir's model)
 
 `--model` is anything `ps_jax.load_model` reads: a ps_jax training workdir (its selected
@@ -23,7 +23,14 @@ length, frames, image size), plus what `ps_jax.serve`'s page shows: a JPEG strip
 of the frames each video was embedded from, and its source file (`--video_dir`). A video that cannot be decoded is skipped and reported
 (stderr and `INDEX/index_report.jsonl`); it never stops the run. `--append` adds the
 videos whose id is not in the index yet (re-run it when new files arrive) and refuses
-a model other than the one that built the index. On several hosts run the same command
+a model other than the one that built the index.
+
+With `--video_dir` (and no `--append`) the same command creates the index, continues
+one that was interrupted, and brings it up to date (`ps_jax.retrieval.folder`): new and
+changed files (path, size, mtime) are embedded, rows of removed or changed files are
+dropped, files that could not be decoded are retried only once they change. It
+commits every `--commit_every` videos or `--commit_seconds` seconds, so a kill loses at
+most that much; `--watch` keeps it in step with the folder until interrupted. On several hosts run the same command
 on every host (`jax.distributed.initialize()` as in `ps_jax.main`); every process reads
 the source, and with --append the index, so both must be on a shared filesystem.
 
@@ -36,11 +43,13 @@ import argparse
 import sys
 from typing import Optional, Sequence
 
-from ps_jax import checkpoints, distributed, reporting
-from ps_jax.models.clip import ClipConfig
+from ps_jax import distributed, reporting
 from ps_jax.retrieval import store
 from ps_jax.retrieval.build import build_index
-from ps_jax.retrieval.model import ModelLoadError
+from ps_jax.retrieval.folder import (DEFAULT_COMMIT_EVERY, DEFAULT_COMMIT_SECONDS,
+                                     DEFAULT_WATCH_SECONDS, model_load_kwargs, sync_video_dir,
+                                     watch_video_dir)
+from ps_jax.retrieval.model import IndexModel, ModelLoadError
 from ps_jax.retrieval.sources import (DEFAULT_FRAMES_PER_VIDEO, DEFAULT_SHORT_SIDE,
                                       IndexBuildError, dataset_source, video_dir_source)
 
@@ -77,6 +86,15 @@ def _parser() -> argparse.ArgumentParser:
                    help="compute dtype (default: the model's; params stay float32)")
   how.add_argument("--dtype", choices=store.DTYPES, default="float16",
                    help="storage dtype of a new index")
+  folder = p.add_argument_group("--video_dir: kept in step with the folder")
+  folder.add_argument("--commit_every", type=int, default=DEFAULT_COMMIT_EVERY,
+                      help="commit after this many videos (default %(default)s)")
+  folder.add_argument("--commit_seconds", type=float, default=DEFAULT_COMMIT_SECONDS,
+                      help="or after this many seconds (default %(default)s)")
+  folder.add_argument("--watch", action="store_true",
+                      help="keep indexing files added or changed until interrupted")
+  folder.add_argument("--watch_seconds", type=float, default=DEFAULT_WATCH_SECONDS,
+                      help="how often --watch looks at the folder (default %(default)s)")
   run = p.add_argument_group("running")
   run.add_argument("--batch_size", type=int, help="global batch (default 8 per device)")
   run.add_argument("--num_workers", type=int, help="decoding threads per process")
@@ -89,18 +107,10 @@ def _parser() -> argparse.ArgumentParser:
 
 def _load_kwargs(args, parser) -> Optional[dict]:
   """load_model kwargs from the flags; None (the index's own) on --append without --model."""
-  if args.model is None:
-    return None
-  kwargs = {}
-  if not checkpoints.has_model_file(args.model):
-    kwargs["num_prompts"] = args.num_prompts
-  if args.clip_config:
-    if not args.model.endswith((".pth", ".pt", ".bin")):
-      parser.error("--clip_config is only for a .pth --model")
-    kwargs["clip_config"] = ClipConfig.from_hf(args.clip_config).to_hf_dict()
-  if args.model_dtype:
-    kwargs["dtype"] = args.model_dtype
-  return kwargs
+  try:
+    return model_load_kwargs(args.model, args.num_prompts, args.clip_config, args.model_dtype)
+  except IndexBuildError as e:
+    parser.error(str(e))
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -120,7 +130,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     distributed.initialize(args.coordinator_address, args.num_processes, args.process_id)
   except distributed.DistributedError as e:
     parser.error(str(e))
+  if args.watch and (from_dataset or args.append):
+    parser.error("--watch is for --video_dir (without --append)")
+  if args.watch_seconds <= 0:
+    parser.error(f"--watch_seconds must be > 0, got {args.watch_seconds}")
   try:
+    if args.video_dir is not None and not args.append:
+      return _sync(args, parser)
     if from_dataset:
       source = dataset_source(args.dataset_dir, args.dataset, args.split)
     else:
@@ -137,6 +153,34 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     print(f"error: {e}", file=sys.stderr)
     return 2
   reporting.say(summary.line())
+  return 0
+
+
+def _sync(args, parser) -> int:
+  """--video_dir: create, continue or update the index (and --watch)."""
+  kwargs = _load_kwargs(args, parser)
+  imodel = IndexModel.load(args.model, kwargs or {}) if args.model else None
+  settings = dict(frames_per_video=args.frames_per_video,
+                  short_side=args.short_side or None, num_frames=args.num_frames,
+                  image_size=args.image_size, max_len=args.max_len,
+                  tokenizer=args.tokenizer, dtype=args.dtype, overwrite=args.overwrite,
+                  commit_every=args.commit_every, commit_seconds=args.commit_seconds,
+                  batch_size=args.batch_size, num_workers=args.num_workers,
+                  progress_bar=not args.no_progress)
+
+  def sync():
+    summary = sync_video_dir(args.out, args.video_dir, imodel, **settings)
+    settings["overwrite"] = False  # replaced once; later passes update
+    reporting.say(summary.line())
+
+  if not args.watch:
+    sync()
+    return 0
+  reporting.say(f"watching {args.video_dir} (every {args.watch_seconds:g} s; Ctrl-C stops)")
+  try:
+    watch_video_dir(sync, args.video_dir, args.watch_seconds)
+  except KeyboardInterrupt:
+    pass
   return 0
 
 
