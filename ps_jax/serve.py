@@ -1,9 +1,19 @@
 """Search your videos in a browser: a warm HTTP search service and its results page.
 
   python -m ps_jax.serve --index DIR [--host 127.0.0.1] [--port 8000]
+  python -m ps_jax.serve --video_dir ~/videos --model MODEL [--index DIR] [--watch]
 
 Loads the index and the model that built it once (fingerprint checked, as
-`ps_jax.search`), compiles the text encoder for every batch shape, then serves:
+`ps_jax.search`), compiles the text encoder for every batch shape, then serves.
+
+With `--video_dir` it serves at once and builds or updates the index of that folder in
+a background thread with the same loaded model (`ps_jax.retrieval.folder`: new and
+changed files embedded, removed ones dropped, a commit every `--commit_every` videos or
+`--commit_seconds` seconds, an interrupted build continued); each commit is swapped
+into the search, so the page finds what is indexed so far, and shows the progress
+(videos done and to do, videos per second, time left) and the files that could not be
+read. `--watch` keeps indexing files added or changed while it serves. The index lives
+in `--index` (default `<video_dir>/.ps_jax_index`).
 
   GET  /                         the results page (?q=TEXT&k=K in the URL)
   GET  /api/search?q=TEXT&k=K    {"query", "k", "results": [{"id", "score", "thumbnail",
@@ -13,7 +23,8 @@ Loads the index and the model that built it once (fingerprint checked, as
                                   {"query", "results": [...]}, ...]}
   GET  /api/thumbnail/{id}       the video's JPEG thumbnail strip
   GET  /api/video/{id}           the source video file (HTTP range requests)
-  GET  /healthz                  index size, model, device, queries served
+  GET  /healthz                  index size, model, device, queries served (and with
+                                  --video_dir the build's progress under "indexing")
   GET  /openapi.json             the API's OpenAPI schema
 
 Files are served only by video id, from what the index recorded: a request never names
@@ -30,11 +41,14 @@ import argparse
 import asyncio
 import importlib.resources
 import logging
+import os
 import sys
+import threading
 import urllib.parse
 from typing import Optional, Sequence
 
 import fastapi
+import jax
 import pydantic
 import uvicorn
 from fastapi import responses
@@ -43,10 +57,14 @@ from starlette.exceptions import HTTPException
 
 import ps_jax
 from ps_jax import reporting
+from ps_jax.embed import TextEncoder
+from ps_jax.retrieval import build, folder
 from ps_jax.retrieval import service as service_lib
 from ps_jax.retrieval import store
 from ps_jax.retrieval.query import QueryEncoderError
-from ps_jax.retrieval.model import ModelLoadError
+from ps_jax.retrieval.model import ModelLoadError, load_tokenizer
+from ps_jax.retrieval.sources import (DEFAULT_FRAMES_PER_VIDEO, DEFAULT_SHORT_SIDE,
+                                      IndexBuildError)
 
 STATIC = {"app.js": "text/javascript", "style.css": "text/css",
           "placeholder.svg": "image/svg+xml"}
@@ -92,7 +110,7 @@ def create_app(service: service_lib.SearchService) -> fastapi.FastAPI:
   def result(hit: service_lib.Hit) -> dict:
     quoted = urllib.parse.quote(hit.id, safe="")
     return {"id": hit.id, "score": round(hit.score, 6),
-            "thumbnail": f"/api/thumbnail/{quoted}" if service.has_thumbnail(hit.row) else None,
+            "thumbnail": f"/api/thumbnail/{quoted}" if service.has_thumbnail(hit.id) else None,
             "video": f"/api/video/{quoted}" if service.video_file(hit.id) else None}
 
   async def run(texts: Sequence[str], k: int) -> list[list[dict]]:
@@ -167,8 +185,9 @@ def create_app(service: service_lib.SearchService) -> fastapi.FastAPI:
 def _parser() -> argparse.ArgumentParser:
   p = argparse.ArgumentParser(prog="python -m ps_jax.serve",
                               description=__doc__.splitlines()[0])
-  p.add_argument("--index", required=True, help="index directory (ps_jax.index_videos or "
-                 "ps_jax.main --mode index)")
+  p.add_argument("--index", help="index directory (ps_jax.index_videos or ps_jax.main "
+                 "--mode index); with --video_dir where its index is kept (default "
+                 "<video_dir>/.ps_jax_index)")
   p.add_argument("--host", default="127.0.0.1", help="interface to bind (default loopback "
                  "only; another one exposes the videos to the network)")
   p.add_argument("--port", type=int, default=8000)
@@ -179,7 +198,88 @@ def _parser() -> argparse.ArgumentParser:
                  help="most queries encoded in one device call")
   p.add_argument("--max_k", type=int, default=100, help="most results per query")
   p.add_argument("--log_level", default="warning")
+  f = p.add_argument_group("--video_dir: index a folder of videos while serving")
+  f.add_argument("--video_dir", help="folder of video files (recursive; id = file stem)")
+  f.add_argument("--watch", action="store_true",
+                 help="keep indexing files added or changed while serving")
+  f.add_argument("--watch_seconds", type=float, default=folder.DEFAULT_WATCH_SECONDS,
+                 help="how often --watch looks at the folder (default %(default)s)")
+  f.add_argument("--commit_every", type=int, default=folder.DEFAULT_COMMIT_EVERY,
+                 help="commit (and search) after this many videos (default %(default)s)")
+  f.add_argument("--commit_seconds", type=float, default=folder.DEFAULT_COMMIT_SECONDS,
+                 help="or after this many seconds (default %(default)s)")
+  f.add_argument("--frames_per_video", type=int, default=DEFAULT_FRAMES_PER_VIDEO)
+  f.add_argument("--short_side", type=int, default=DEFAULT_SHORT_SIDE,
+                 help="decoded frames' short side (0: native size)")
+  f.add_argument("--num_frames", type=int, help="F frames per video (default: the model's)")
+  f.add_argument("--image_size", type=int, help="frame size (default: the model's)")
+  f.add_argument("--max_len", type=int, help="caption length (default: the model's)")
+  f.add_argument("--num_prompts", type=int, default=6,
+                 help="P for a HF directory or .pth (a workdir records its own)")
+  f.add_argument("--clip_config", help="for a .pth: HF config.json or its directory")
+  f.add_argument("--model_dtype", choices=("float32", "bfloat16"))
+  f.add_argument("--batch_size", type=int, help="videos per device call while indexing")
+  f.add_argument("--num_workers", type=int, help="decoding threads")
   return p
+
+
+def folder_service(args) -> tuple:
+  """(SearchService, background thread that indexes, stop event) for --video_dir: the
+  model loaded once, the index's rows (if any) served at once."""
+  index_dir = args.index or os.path.join(args.video_dir, ".ps_jax_index")
+  short_side = args.short_side or None
+  existing = folder.open_existing(index_dir, args.video_dir, args.frames_per_video,
+                                  short_side, overwrite=False)
+  kwargs = folder.model_load_kwargs(args.model, args.num_prompts, args.clip_config,
+                                    args.model_dtype)
+  imodel = folder.load_model(existing, args.model, kwargs)
+  folder.check_model(index_dir, existing, imodel)
+  recorded = existing.meta.get("metadata", {}) if existing is not None else {}
+  _, _, max_len, tokenizer = build.resolve_settings(
+      imodel, recorded, num_frames=args.num_frames, image_size=args.image_size,
+      max_len=args.max_len, tokenizer=args.tokenizer)
+  encoder = TextEncoder(imodel.model, imodel.params, load_tokenizer(tokenizer), max_len,
+                        batch_size=args.max_batch)
+  device = jax.devices()[0]
+  info = {"index": os.path.abspath(index_dir), "videos": 0, "dim": encoder.dim,
+          "fingerprint": imodel.fingerprint, "model": imodel.path, "device": device.platform,
+          "device_kind": device.device_kind, "num_devices": jax.device_count(),
+          "thumbnails": 0, "source_files": 0}
+  limits = service_lib.Limits(max_k=args.max_k,
+                              max_queries=min(service_lib.Limits.max_queries, args.max_batch))
+  service = service_lib.SearchService(None, store.media_lib.Media(0), info,
+                                      max_batch=args.max_batch, limits=limits,
+                                      encoder=encoder)
+  service.warm_up()
+  if existing is not None and len(existing):
+    service.reload(index_dir)
+  progress = folder.Progress()
+  service.progress = progress.snapshot
+  stop = threading.Event()
+
+  def sync():
+    folder.sync_video_dir(
+        index_dir, args.video_dir, imodel, frames_per_video=args.frames_per_video,
+        short_side=short_side, num_frames=args.num_frames, image_size=args.image_size,
+        max_len=max_len, tokenizer=tokenizer, commit_every=args.commit_every,
+        commit_seconds=args.commit_seconds, batch_size=args.batch_size,
+        num_workers=args.num_workers, progress_bar=True, progress=progress,
+        on_commit=lambda: service.reload(index_dir))
+
+  def failed(e: Exception) -> None:
+    progress.update(state="error", error=str(e))
+    _LOG.error("indexing %s stopped: %s", args.video_dir, e)
+
+  def run():
+    try:
+      if args.watch:
+        folder.watch_video_dir(sync, args.video_dir, args.watch_seconds, stop, failed)
+      else:
+        sync()
+    except Exception as e:  # pylint: disable=broad-except  # shown on the page, not a crash
+      failed(e)
+
+  return service, threading.Thread(target=run, name="ps_jax-index", daemon=True), stop
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -190,14 +290,24 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.error(f"--port must be in [1, 65535], got {args.port}")
   if args.max_batch < 1 or args.max_k < 1:
     parser.error("--max_batch and --max_k must be >= 1")
+  if args.index is None and args.video_dir is None:
+    parser.error("give --index, or --video_dir (and --model) to index a folder as it serves")
+  if args.watch and args.video_dir is None:
+    parser.error("--watch is for --video_dir")
   limits = service_lib.Limits(max_k=args.max_k,
                               max_queries=min(service_lib.Limits.max_queries, args.max_batch))
+  indexer = stop = None
   try:
-    service = service_lib.SearchService.from_index(
-        args.index, model=args.model, tokenizer=args.tokenizer, max_batch=args.max_batch,
-        limits=limits)
+    if args.video_dir is not None:
+      if not os.path.isdir(args.video_dir):
+        raise IndexBuildError(f"--video_dir {args.video_dir!r} is not a directory")
+      service, indexer, stop = folder_service(args)
+    else:
+      service = service_lib.SearchService.from_index(
+          args.index, model=args.model, tokenizer=args.tokenizer, max_batch=args.max_batch,
+          limits=limits)
   except (store.IndexFormatError, store.FingerprintMismatchError, QueryEncoderError,
-          ModelLoadError) as e:
+          ModelLoadError, IndexBuildError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
   info = service.health()
@@ -207,8 +317,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   reporting.say(f"serving {info['videos']} videos ({info['thumbnails']} thumbnails, "
                 f"{info['source_files']} source files) on {info['device']} at "
                 f"http://{args.host}:{args.port}/")
+  if indexer is not None:
+    reporting.say(f"indexing {args.video_dir} into {service.info['index']} in the background"
+                  + (" (watching for new files)" if args.watch else ""))
+    indexer.start()
   uvicorn.run(create_app(service), host=args.host, port=args.port,
               log_level=args.log_level, access_log=False)
+  if stop is not None:
+    stop.set()
   service.close()
   return 0
 

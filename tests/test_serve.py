@@ -10,6 +10,7 @@ import http.client
 import io
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -521,3 +522,80 @@ def test_bench_serve_runs_end_to_end(indexes, capsys):
   rows = [line for line in out.splitlines() if line.startswith("| ")]
   assert rows[1].startswith("| 1 | 5 | ") and rows[2].startswith("| 2 | 10 | ")
   assert "2000 videos x 32 dims" in out and "CLI (`python -m ps_jax.search`" in rows[3]
+
+
+def test_one_command_serves_a_folder_while_it_indexes(tmp_path):
+  """`python -m ps_jax.serve --video_dir D --model M --watch`: the page is up before the
+  index is, shows the build's progress and the results of what is indexed so far, then
+  the whole folder, a file that cannot be read, and a file added while it serves."""
+  sync_playwright = _browser_or_skip()
+  from test_folder_index import FLAGS, write_folder_model  # pylint: disable=g-import-not-at-top
+  model = write_folder_model(str(tmp_path / "model"))
+  mp4 = str(tmp_path / "mp4")
+  moving_shapes.write_mp4_dataset(mp4, moving_shapes.SIZES["tiny"])
+  lib = str(tmp_path / "library")
+  names = sorted(os.listdir(os.path.join(mp4, "videos")))
+  for copy in "abc":  # 84 clips, in three folders
+    os.makedirs(os.path.join(lib, copy))
+    for name in names:
+      shutil.copy(os.path.join(mp4, "videos", name), os.path.join(lib, copy, copy + name))
+  with open(os.path.join(lib, "b", "broken.mp4"), "wb") as f:
+    f.write(b"\x00\x00\x00\x18ftypmp42" + bytes(range(256)) * 4)
+  port = _free_port()
+  proc = subprocess.Popen(
+      [sys.executable, "-m", "ps_jax.serve", "--video_dir", lib, "--model", model,
+       *[f for f in FLAGS if f != "--no_progress"], "--commit_every", "4", "--watch",
+       "--watch_seconds", "1", "--port", str(port)],
+      cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+  base = f"http://127.0.0.1:{port}"
+  try:
+    deadline = time.time() + 120
+    while True:
+      try:
+        with urllib.request.urlopen(base + "/healthz", timeout=2) as r:
+          first = json.load(r)
+          break
+      except (urllib.error.URLError, ConnectionError):
+        assert proc.poll() is None and time.time() < deadline, proc.stdout.read()
+        time.sleep(0.1)
+    assert first["indexing"]["state"] in ("starting", "listing", "indexing")
+    assert first["indexing"]["done"] < 85  # serving before the index is built
+    with sync_playwright() as p:
+      browser = p.chromium.launch(executable_path=CHROMIUM, args=BROWSER_ARGS)
+      page = browser.new_page(viewport={"width": 1280, "height": 900})
+      page.goto(base + "/")
+      page.wait_for_selector("#indexing[data-state=indexing]", timeout=60000)
+      page.wait_for_function("document.getElementById('info').textContent.match(/^[1-9]/)",
+                             timeout=60000)  # the first commit is searchable
+      page.fill("#q", "a red circle moves left")
+      page.press("#q", "Enter")
+      page.wait_for_selector("body[data-state=done]", timeout=30000)
+      line = page.inner_text("#indexing-line")
+      still = page.get_attribute("#indexing", "data-state")
+      cards = page.eval_on_selector_all(".result", "els => els.length")
+      assert still == "indexing" and 0 < cards <= 16, (still, cards, line)
+      assert re.search(r"Indexing your videos: \d+ of 85 done, [\d.]+ videos/s, about "
+                       r"\d+ (s|min) left\. Searching the \d+ indexed so far\.", line), line
+      page.wait_for_selector("#indexing[data-state=done]", timeout=180000)
+      assert page.inner_text("#indexing-line") == "All 85 video files looked at: 84 indexed."
+      assert page.inner_text("#problems-summary") == "1 file(s) could not be indexed"
+      page.click("#problems-summary")
+      assert page.inner_text("#problem-list").startswith("broken: unreadable")
+      page.press("#q", "Enter")
+      page.wait_for_selector("body[data-state=done]", timeout=30000)
+      ids = page.eval_on_selector_all(".result", "els => els.map(e => e.dataset.id)")
+      assert len(ids) == 16 and all(i[0] in "abc" for i in ids)
+      # --watch: a clip copied in while serving is indexed and found.
+      shutil.copy(os.path.join(mp4, "videos", names[0]), os.path.join(lib, "late.mp4"))
+      page.wait_for_function(
+          "document.getElementById('indexing-line').textContent.includes('85 indexed')",
+          timeout=60000)
+      with urllib.request.urlopen(f"{base}{_q('a red circle moves left', 100)}") as r:
+        found = [x["id"] for x in json.load(r)["results"]]
+      assert len(found) == 85 and "late" in found
+      browser.close()
+    assert proc.poll() is None  # the bad file did not stop anything
+  finally:
+    proc.terminate()
+    out = proc.communicate(timeout=30)[0]
+  assert "indexing" in out and "into " + os.path.join(lib, ".ps_jax_index") in out

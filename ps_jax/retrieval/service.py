@@ -12,6 +12,12 @@ when the device becomes free (up to `max_batch`), encodes them in one padded bat
 runs one top-k for all (at `max_k`, the slice each caller asked for is cut afterwards)
 and hands each caller its rows. Batch shapes are the powers of two up to `max_batch`,
 all compiled by `warm_up()` before the first request.
+
+An index that grows while it is served (`ps_jax.serve --video_dir`: built in the
+background) is swapped in whole by `reload()`: the new rows are put on the device and
+their top-k compiled beside the old ones, then one assignment makes every later query
+see them; a query sees one version of the index, never a mix. Before the first commit
+the service answers every query with no results.
 """
 
 from __future__ import annotations
@@ -25,9 +31,12 @@ import time
 from typing import Optional, Sequence
 
 import jax
+import numpy as np
 
+from ps_jax.embed import TextEncoder
 from ps_jax.retrieval import store
 from ps_jax.retrieval.query import TextSearcher
+from ps_jax.retrieval.topk import Searcher
 
 
 class RequestError(ValueError):
@@ -57,6 +66,20 @@ class Hit:
   score: float
 
 
+@dataclasses.dataclass(frozen=True)
+class _View:
+  """One version of the index as served: its searcher (None: no rows yet), media, rows."""
+  searcher: Optional[TextSearcher]
+  media: store.media_lib.Media
+  info: dict
+  rows: dict
+  max_k: int
+
+  @property
+  def ids(self) -> list:
+    return self.searcher.ids if self.searcher is not None else []
+
+
 @dataclasses.dataclass
 class _Request:
   texts: list
@@ -67,23 +90,41 @@ class _Request:
 class SearchService:
   """Text-to-video search over one index, safe to call from many threads."""
 
-  def __init__(self, searcher: TextSearcher, media: store.media_lib.Media, info: dict, *,
-               max_batch: int = 32, limits: Limits = Limits()):
+  def __init__(self, searcher: Optional[TextSearcher], media: store.media_lib.Media,
+               info: dict, *, max_batch: int = 32, limits: Limits = Limits(),
+               encoder: Optional[TextEncoder] = None):
     """Args: searcher: the index on device and its text encoder (batch size >=
-    max_batch); media: the index's thumbnails and sources; info: what /healthz reports
-    about the index and model; max_batch: most queries per device call."""
+    max_batch), or None for an index without rows yet (then give `encoder`); media: the
+    index's thumbnails and sources; info: what /healthz reports about the index and
+    model; max_batch: most queries per device call."""
     if max_batch < 1 or limits.max_queries > max_batch:
       raise ValueError(f"max_batch ({max_batch}) must be >= 1 and >= limits.max_queries "
                        f"({limits.max_queries})")
-    self.searcher, self.media, self.info = searcher, media, dict(info)
+    if searcher is None and encoder is None:
+      raise ValueError("give a searcher, or the text encoder of an index without rows yet")
+    self.encoder = encoder if encoder is not None else searcher.encoder
     self.max_batch, self.limits = int(max_batch), limits
-    self.max_k = min(limits.max_k, len(searcher.ids))
-    self._rows = {video_id: row for row, video_id in enumerate(searcher.ids)}
+    self._view = self._make_view(searcher, media, info)
+    # A function returning what /healthz reports under "indexing" (set by a server that
+    # builds the index while it serves), or None.
+    self.progress = None
     self._queue: queue.Queue = queue.Queue()
     self._stats = {"queries": 0, "requests": 0, "device_calls": 0}
     self._lock = threading.Lock()
     self._worker = threading.Thread(target=self._loop, name="ps_jax-search", daemon=True)
     self._worker.start()
+
+  def _make_view(self, searcher, media, info) -> _View:
+    ids = searcher.ids if searcher is not None else []
+    return _View(searcher, media, dict(info, videos=len(ids)),
+                 {video_id: row for row, video_id in enumerate(ids)},
+                 min(self.limits.max_k, len(ids)))
+
+  # Read-only views of the index version being served.
+  searcher = property(lambda self: self._view.searcher)
+  media = property(lambda self: self._view.media)
+  info = property(lambda self: self._view.info)
+  max_k = property(lambda self: self._view.max_k)
 
   @classmethod
   def from_index(cls, index_dir: str, *, model: Optional[str] = None,
@@ -96,17 +137,36 @@ class SearchService:
                                        batch_size=max_batch)
     media = store.load_media(index_dir, len(index))
     meta = index.meta.get("metadata") or {}
-    device = jax.devices()[0]
-    info = {"index": os.path.abspath(index_dir), "videos": len(index), "dim": index.dim,
-            "fingerprint": index.fingerprint, "model": model or meta.get("model_path"),
-            "num_frames": meta.get("num_frames"), "device": device.platform,
-            "device_kind": device.device_kind, "num_devices": jax.device_count(),
-            "thumbnails": media.num_thumbnails,
-            "source_files": sum(s is not None for s in media.sources or ())}
+    info = _info(index_dir, index, media, model or meta.get("model_path"))
     service = cls(searcher, media, info, max_batch=max_batch, limits=limits)
     if warm_up:
       service.warm_up()
     return service
+
+  def reload(self, index_dir: str) -> int:
+    """Serves the index at `index_dir` as it is now (the same model: fingerprint
+    checked), its top-k compiled for every batch shape first; returns its rows."""
+    index = store.load_index(index_dir)
+    old = self._view
+    if old.info.get("fingerprint") and index.fingerprint != old.info["fingerprint"]:
+      raise store.FingerprintMismatchError(
+          f"{index_dir!r} is now an index of model {index.fingerprint}, not the "
+          f"{old.info['fingerprint']} this service encodes queries with")
+    searcher = None
+    if len(index):
+      rows = Searcher(index.embeddings, index.ids, mesh=self.encoder.mesh,
+                      batch_size=self.max_batch)
+      searcher = TextSearcher(rows, self.encoder)
+      n = 1
+      while True:  # compile every batch shape before queries reach it
+        rows.search(self.encoder(["warm up"] * n), min(self.limits.max_k, len(index)))
+        if n >= self.max_batch:
+          break
+        n = min(2 * n, self.max_batch)
+    media = store.load_media(index_dir, len(index))
+    self._view = self._make_view(searcher, media, {**old.info, **_info(
+        index_dir, index, media, old.info.get("model"))})
+    return len(index)
 
   # ---------------------------------------------------------------------------- queries
 
@@ -137,7 +197,7 @@ class SearchService:
     """Queues a request (checked first: RequestError); the future's result is one list
     of min(k, videos) Hits per query, best first."""
     texts = self.check(texts, k)
-    request = _Request(texts, min(k, self.max_k), concurrent.futures.Future())
+    request = _Request(texts, k, concurrent.futures.Future())
     self._queue.put(request)
     return request.future
 
@@ -164,9 +224,10 @@ class SearchService:
       if first is None:
         return
       batch = self._take_batch(first)
+      view = self._view  # one version of the index for the whole batch
       try:
         texts = [t for r in batch for t in r.texts]
-        scores, rows = self._top(texts)
+        scores, rows = self._top(texts, view)
       except Exception as e:  # pylint: disable=broad-except  # reported to every caller
         for r in batch:
           r.future.set_exception(e)
@@ -177,15 +238,21 @@ class SearchService:
         self._stats["device_calls"] += 1
       start = 0
       for r in batch:
-        hits = [[Hit(int(j), self.searcher.ids[j], float(s))
-                 for s, j in zip(scores[q, :r.k], rows[q, :r.k])]
+        hits = [[Hit(int(j), view.ids[j], float(s))
+                 for s, j in zip(scores[q, :min(r.k, view.max_k)],
+                                 rows[q, :min(r.k, view.max_k)])]
                 for q in range(start, start + len(r.texts))]
         start += len(r.texts)
         r.future.set_result(hits)
 
-  def _top(self, texts: list):
-    """One device call: (scores float32[Q, max_k], rows int32[Q, max_k])."""
-    return self.searcher.searcher.search(self.searcher.embed(texts), self.max_k)
+  def _top(self, texts: list, view: Optional[_View] = None):
+    """One device call: (scores float32[Q, max_k], rows int32[Q, max_k]) over `view`
+    (default the current one; no rows yet: the queries are encoded, k = 0)."""
+    view = view or self._view
+    queries = self.encoder(texts)
+    if view.searcher is None:
+      return np.zeros((len(texts), 0), np.float32), np.zeros((len(texts), 0), np.int32)
+    return view.searcher.searcher.search(queries, view.max_k)
 
   def warm_up(self) -> float:
     """Compiles every padded batch shape (powers of two up to max_batch), before any
@@ -204,22 +271,41 @@ class SearchService:
 
   # ---------------------------------------------------------------------------- media
 
-  def has_thumbnail(self, row: int) -> bool:
-    return self.media.has_thumbnail(row)
+  def has_thumbnail(self, video_id: str) -> bool:
+    view = self._view
+    row = view.rows.get(video_id)
+    return row is not None and view.media.has_thumbnail(row)
 
   def thumbnail(self, video_id: str) -> Optional[bytes]:
     """The video's JPEG strip; None for an unknown id or a video without one."""
-    row = self._rows.get(video_id)
-    return None if row is None else self.media.thumbnail(row)
+    view = self._view
+    row = view.rows.get(video_id)
+    return None if row is None else view.media.thumbnail(row)
 
   def video_file(self, video_id: str) -> Optional[str]:
     """The recorded source file of the video, if it still exists (else None)."""
-    row = self._rows.get(video_id)
-    path = None if row is None else self.media.source(row)
+    view = self._view
+    row = view.rows.get(video_id)
+    path = None if row is None else view.media.source(row)
     return path if path and os.path.isfile(path) else None
 
   def health(self) -> dict:
     with self._lock:
       stats = dict(self._stats)
-    return {"status": "ok", **self.info, "max_k": self.limits.max_k, "max_batch": self.max_batch,
-            **stats}
+    out = {"status": "ok", **self.info, "max_k": self.limits.max_k,
+           "max_batch": self.max_batch, **stats}
+    if self.progress is not None:
+      out["indexing"] = self.progress()
+    return out
+
+
+def _info(index_dir: str, index: store.Index, media, model: Optional[str]) -> dict:
+  """What /healthz reports about an index, its model and the device."""
+  meta = index.meta.get("metadata") or {}
+  device = jax.devices()[0]
+  return {"index": os.path.abspath(index_dir), "videos": len(index), "dim": index.dim,
+          "fingerprint": index.fingerprint, "model": model,
+          "num_frames": meta.get("num_frames"), "device": device.platform,
+          "device_kind": device.device_kind, "num_devices": jax.device_count(),
+          "thumbnails": media.num_thumbnails,
+          "source_files": sum(s is not None for s in media.sources or ())}

@@ -111,12 +111,54 @@ function animateStrip(url) {
   strip.src = url;
 }
 
+function duration(seconds) {
+  if (seconds === null || seconds === undefined) return "";
+  if (seconds < 90) return `${Math.round(seconds)} s`;
+  if (seconds < 5400) return `${Math.round(seconds / 60)} min`;
+  return `${(seconds / 3600).toFixed(1)} h`;
+}
+
+function showIndexing(p) {
+  const panel = $("indexing");
+  panel.hidden = false;
+  panel.dataset.state = p.state;
+  panel.className = p.state === "error" ? "error" : "";
+  const bar = $("indexing-bar");
+  bar.max = Math.max(p.total, 1);
+  bar.value = p.state === "done" ? bar.max : p.done;
+  let line;
+  if (p.state === "error") line = `Indexing stopped: ${p.error}`;
+  else if (p.state === "indexing") {
+    const rate = p.videos_per_s ? `, ${p.videos_per_s.toFixed(1)} videos/s` : "";
+    const left = p.seconds_left !== null ? `, about ${duration(p.seconds_left)} left` : "";
+    line = `Indexing your videos: ${p.done} of ${p.total} done${rate}${left}. ` +
+           `Searching the ${p.rows} indexed so far.`;
+  } else if (p.state === "done") line = `All ${p.files} video files looked at: ${p.rows} indexed.`;
+  else line = "Looking at the video folder\u2026";
+  $("indexing-line").textContent = line;
+  const problems = $("problems");
+  problems.hidden = !p.problems.length;
+  $("problems-summary").textContent = `${p.problems.length} file(s) could not be indexed`;
+  $("problem-list").replaceChildren(...p.problems.map((x) => {
+    const li = document.createElement("li");
+    li.textContent = `${x.id}: ${x.reason} (${x.detail})`;
+    return li;
+  }));
+}
+
 async function showInfo() {
+  let again = null;
   try {
     const health = await (await fetch("/healthz")).json();
-    info.textContent = `${health.videos} videos indexed \u00b7 ${health.thumbnails} thumbnails \u00b7 ` +
-                       `model ${health.fingerprint.slice(7, 19)} on ${health.device}`;
-  } catch (err) { info.textContent = ""; }
+    const model = health.fingerprint ? ` \u00b7 model ${health.fingerprint.slice(7, 19)}` : "";
+    info.textContent = `${health.videos} videos indexed \u00b7 ${health.thumbnails} thumbnails` +
+                       `${model} on ${health.device}`;
+    if (health.indexing) {
+      showIndexing(health.indexing);
+      again = ["starting", "listing", "indexing"].includes(health.indexing.state) ? 1500 : 10000;
+    }
+  } catch (err) { info.textContent = ""; again = 5000; }
+  if (again) setTimeout(showInfo, again);
 }
 
 form.addEventListener("submit", (e) => {
