@@ -19,6 +19,7 @@ import subprocess
 import sys
 import types
 
+import numpy as np
 import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -109,6 +110,34 @@ def check_index(out: str) -> None:
   for r in rows:
     assert positive(r["p50 (ms)"]) <= positive(r["p95 (ms)"]), r
 
+
+
+def check_index_folder(out: str) -> None:
+  rows = markdown_table(out, "### Decoding (load + eval_clip, no model)")
+  assert [(r["GOP"], r["decoding path"]) for r in rows] == [
+      (gop, path) for gop in ("default", "g=10") for path in (
+          "in-order, 32 frames (old)", "seek, 32 frames",
+          "seek, the 12 eval_clip takes (new)")], rows
+  for r in rows:
+    assert r["videos"] == ("2" if r["GOP"] == "default" else "1"), r
+    for column in ("keyframes per clip", "Mbit/s", "videos/s", "x real time",
+                   "frames decoded per video", "cores busy", "vs old"):
+      positive(r[column])
+  for old, new in ((rows[0], rows[2]), (rows[3], rows[5])):  # 30 frames: 1 s at 30 fps
+    assert num(old["frames decoded per video"]) == 30, old
+    assert num(new["frames decoded per video"]) <= 30, new
+  assert "Every path gave the same eval clips, bit for bit, as the in-order one." in out
+  rows = markdown_table(out, "### The model alone (encode_video, steady state)")
+  assert [(r["model"], r["frames x px"], r["batch"]) for r in rows] == [
+      ("tiny, bfloat16", "12 x 32", "2")], rows
+  for column in ("videos/s", "x real time", "first call (compile) s"):
+    positive(rows[0][column])
+  rows = markdown_table(out, "### End to end (embed_source")
+  assert rows[0]["videos"] == "2", rows
+  for column in ("videos/s", "x real time", "vs goal (2.78 videos/s, 28x)"):
+    positive(rows[0][column])
+  rows = markdown_table(out, "| CPU s per video in the run |")
+  assert 0 < num(rows[0]["decode share"]) <= 100, rows
 
 def check_matmul(out: str) -> None:
   rows = markdown_table(out, "| matmul | operands |")
@@ -343,6 +372,12 @@ BENCHMARKS = [
                  ["--max_videos", "2", "--batch_size", "2", "--num_workers", "1",
                   "--query_index_size", "100", "--query_batch", "2", "--budget_s", "0"],
                  check_index, id="index"),
+    pytest.param("bench_index_folder.py",
+                 ["--videos", "2", "--short_gop_videos", "1", "--short_gop", "10",
+                  "--seconds", "1", "--width", "96", "--height", "54", "--short_side", "36",
+                  "--model", "tiny", "--batch_size", "2", "--model_calls", "1",
+                  "--gen_workers", "0"],
+                 check_index_folder, id="index_folder"),
     pytest.param("bench_matmul.py",
                  ["--rows", "64", "--width", "32", "--inner", "64", "--reps", "1"],
                  check_matmul, id="matmul"),
@@ -417,6 +452,29 @@ def test_bench_storage_results_file_records_command_commit_date_and_host(tmp_pat
   assert re.fullmatch(r"Commit: .+; date: 20\d\d-\d\d-\d\d; host: \S.*", commit), commit
   assert row in lines
 
+
+
+def _load_benchmark(script: str) -> types.ModuleType:
+  """benchmarks/<script> imported as a module (nothing runs: main is not called)."""
+  name = os.path.splitext(script)[0]
+  spec = importlib.util.spec_from_file_location(name, os.path.join(REPO, "benchmarks", script))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+def test_bench_index_folder_clips_move_and_a_changed_clip_aborts_the_run():
+  bench = _load_benchmark("bench_index_folder.py")
+  frames = bench.make_frames(0, 0.2, 30, 64, 36)
+  assert frames.shape == (6, 36, 64, 3) and frames.dtype == "uint8"
+  assert all((a != b).mean() > 0.1 for a, b in zip(frames, frames[1:]))  # motion
+  assert (frames == bench.make_frames(0, 0.2, 30, 64, 36)).all()  # seeded
+  clips = np.zeros((2, 12, 4, 4, 3), np.uint8)
+  bench.check_same_clips(clips, clips.copy(), ["a", "b"], "new")
+  changed = clips.copy()
+  changed[1, 5, 0, 0, 0] = 3
+  with pytest.raises(SystemExit, match="ABORT: new: the eval clip of b differs"):
+    bench.check_same_clips(clips, changed, ["a", "b"], "new")
 
 def test_profile_step_prints_thunk_costs_by_category(tmp_path):
   out = run_benchmark("profile_step.py",

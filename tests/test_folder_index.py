@@ -16,6 +16,7 @@ import pytest
 from ps_jax import index_videos
 from ps_jax.data import moving_shapes
 from ps_jax.retrieval import build, folder, service as service_lib, store
+from ps_jax.retrieval import progress as progress_lib
 from ps_jax.retrieval.model import IndexModel
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -67,10 +68,15 @@ def _contents(index_dir):
 
 
 def test_killed_builds_continue_to_the_uninterrupted_index(model, videos, tmp_path):
+  lib = str(tmp_path / "lib")  # 56 clips: each kill lands early in the build
+  for copy in "ab":
+    os.makedirs(os.path.join(lib, copy))
+    for name in os.listdir(videos):
+      shutil.copy(os.path.join(videos, name), os.path.join(lib, copy, copy + name))
   whole = str(tmp_path / "whole")
-  assert _index("--model", model, "--video_dir", videos, "--out", whole) == 0
+  assert _index("--model", model, "--video_dir", lib, "--out", whole) == 0
   out = str(tmp_path / "killed")
-  cmd = [sys.executable, "-m", "ps_jax.index_videos", "--model", model, "--video_dir", videos,
+  cmd = [sys.executable, "-m", "ps_jax.index_videos", "--model", model, "--video_dir", lib,
          "--out", out, "--commit_every", "2", *FLAGS]
   rng = np.random.default_rng(0)
   counts, kills = [], 0
@@ -81,9 +87,9 @@ def test_killed_builds_continue_to_the_uninterrupted_index(model, videos, tmp_pa
     deadline = time.time() + 120
     while (attempt < 3 and proc.poll() is None and _count(out) == before
            and time.time() < deadline):
-      time.sleep(0.02)  # until this run has committed something of its own
+      time.sleep(0.005)  # until this run has committed something of its own
     if attempt < 3 and proc.poll() is None:
-      time.sleep(rng.uniform(0.0, 0.3))  # then anywhere: mid-batch, mid-commit
+      time.sleep(rng.uniform(0.0, 0.05))  # then anywhere: mid-batch, mid-commit
     if attempt < 3 and proc.poll() is None:
       proc.send_signal(signal.SIGKILL)
       proc.wait()
@@ -93,15 +99,16 @@ def test_killed_builds_continue_to_the_uninterrupted_index(model, videos, tmp_pa
       continue
     assert proc.wait(timeout=300) == 0, f"attempt {attempt} exited {proc.returncode}"
     break
-  assert kills >= 3 and counts[0] < 28, (kills, counts)
+  assert kills == 3 and counts[-1] < 56, (kills, counts)
   assert counts == sorted(counts)  # no committed work was lost
   ids, emb, thumbs, sources, sync = _contents(out)
   ids_w, emb_w, thumbs_w, sources_w, sync_w = _contents(whole)
-  assert ids == ids_w == sorted(os.path.splitext(n)[0] for n in os.listdir(videos))
+  assert ids == ids_w == sorted(c + os.path.splitext(n)[0] for c in "ab"
+                                for n in os.listdir(videos))
   assert emb.dtype == emb_w.dtype and emb.tobytes() == emb_w.tobytes()  # bit for bit
   assert thumbs == thumbs_w and sources == sources_w and sync == sync_w
   # The same command once more finds nothing to do and leaves every file as it was.
-  assert _index("--model", model, "--video_dir", videos, "--out", out) == 0
+  assert _index("--model", model, "--video_dir", lib, "--out", out) == 0
   assert _contents(out)[1].tobytes() == emb_w.tobytes()
 
 
@@ -210,7 +217,7 @@ def test_plan_and_progress():
   assert plan.todo == ["b", "d", "y"] and list(plan.kept_skips) == ["x"]
   assert folder.plan_sync(index, state, {}, None).remove == ["a", "b", "c"]
 
-  progress = folder.Progress()
+  progress = progress_lib.Progress()
   assert progress.snapshot()["state"] == "starting"
   progress.start(10)
   progress._started -= 4.0  # pylint: disable=protected-access  # 4 s into the pass
