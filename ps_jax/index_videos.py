@@ -91,6 +91,12 @@ def _parser() -> argparse.ArgumentParser:
                       help="commit after this many videos (default %(default)s)")
   folder.add_argument("--commit_seconds", type=float, default=DEFAULT_COMMIT_SECONDS,
                       help="or after this many seconds (default %(default)s)")
+  folder.add_argument("--window", type=float, help="index moments: windows of this many "
+                      "seconds, one row each (default: one row per whole video)")
+  folder.add_argument("--stride", type=float,
+                      help="--window: seconds between window starts (default half of it)")
+  folder.add_argument("--window_fps", type=float,
+                      help="--window: frames per second the windows sample (default 3)")
   folder.add_argument("--watch", action="store_true",
                       help="keep indexing files added or changed until interrupted")
   folder.add_argument("--watch_seconds", type=float, default=DEFAULT_WATCH_SECONDS,
@@ -130,6 +136,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     distributed.initialize(args.coordinator_address, args.num_processes, args.process_id)
   except distributed.DistributedError as e:
     parser.error(str(e))
+  if (args.window is not None or args.stride is not None) and (from_dataset or args.append):
+    parser.error("--window is for --video_dir (without --append)")
   if args.watch and (from_dataset or args.append):
     parser.error("--watch is for --video_dir (without --append)")
   if args.watch_seconds <= 0:
@@ -166,7 +174,8 @@ def _sync(args, parser) -> int:
                   tokenizer=args.tokenizer, dtype=args.dtype, overwrite=args.overwrite,
                   commit_every=args.commit_every, commit_seconds=args.commit_seconds,
                   batch_size=args.batch_size, num_workers=args.num_workers,
-                  progress_bar=not args.no_progress)
+                  progress_bar=not args.no_progress, window=args.window,
+                  stride=args.stride, window_fps=args.window_fps)
 
   def sync():
     summary = sync_video_dir(args.out, args.video_dir, imodel, **settings)

@@ -31,7 +31,7 @@ import jax
 import numpy as np
 
 from ps_jax import distributed, sharding
-from ps_jax.retrieval import shards, store
+from ps_jax.retrieval import moments, shards, store
 from ps_jax.retrieval.hosts import HostShardedSearcher
 from ps_jax.retrieval.model import ModelLoadError
 from ps_jax.retrieval.query import QueryEncoderError, query_encoder
@@ -104,6 +104,7 @@ def main(argv: Optional[Sequence[str]] = None, embed_queries: Optional[EmbedFn] 
     if args.top_k < 1:
       parser.error(f"--top_k must be >= 1, got {args.top_k}")
     mesh = sharding.make_mesh()
+    windows, fmt = None, format_results
     if jax.process_count() > 1 or shards.is_shard_dir(args.index):
       index = shards.RowSource.open(args.index)  # each process reads its own rows
       searcher = HostShardedSearcher(index, dtype=args.dtype, mesh=mesh,
@@ -112,14 +113,18 @@ def main(argv: Optional[Sequence[str]] = None, embed_queries: Optional[EmbedFn] 
       index = store.load_index(args.index)
       searcher = Searcher(index.embeddings, index.ids, dtype=args.dtype, mesh=mesh,
                           batch_size=args.batch_size)
+      windows = store.load_media(args.index, len(index)).windows
     top_k = min(args.top_k, len(index))  # a small index answers with all its videos
     search = functools.partial(searcher.search_ids, k=top_k, approx=args.approx,
                                recall_target=args.recall_target)
+    if windows is not None:  # distinct moments, printed with their start and end
+      search = functools.partial(_moments, searcher, windows, top_k, args)
+      fmt = _format_moments
     if args.query_embeddings:
       query_emb = np.load(args.query_embeddings, allow_pickle=False)
       labels = [f"{args.query_embeddings}[{i}]"
                 for i in range(np.atleast_2d(query_emb).shape[0])]
-      emit(format_results(labels, search(query_emb)))
+      emit(fmt(labels, search(query_emb)))
       return 0
     if embed_queries is None:
       try:
@@ -134,12 +139,32 @@ def main(argv: Optional[Sequence[str]] = None, embed_queries: Optional[EmbedFn] 
       if query_emb.ndim != 2 or query_emb.shape[0] != len(chunk):
         raise ValueError(f"embed_queries returned shape {query_emb.shape} for {len(chunk)} "
                          "texts; expected [Q, E]")
-      emit(format_results(chunk, search(query_emb)))
+      emit(fmt(chunk, search(query_emb)))
   except (store.IndexFormatError, store.FingerprintMismatchError,
           FileNotFoundError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
   return 0
+
+
+def _moments(searcher, windows, k: int, args, query_emb) -> list:
+  """Per query, k distinct moments (`moments.distinct`): [(id, score, window)]."""
+  scores, rows = searcher.search(query_emb, moments.fetch_k(k, len(windows), True),
+                                 approx=args.approx, recall_target=args.recall_target)
+  return [[(searcher.ids[r], s, windows[r]) for r, s in moments.distinct(
+      [(int(r), float(s)) for s, r in zip(scores[q], rows[q])], windows, k)]
+          for q in range(len(scores))]
+
+
+def _format_moments(labels, results) -> str:
+  """`format_results` with each moment's video, start and end (seconds) after its id."""
+  lines = []
+  for label, hits in zip(labels, results):
+    lines.append(f"# query: {label}")
+    for rank, (row_id, score, w) in enumerate(hits, 1):
+      when = f"\t{w[0]}\t{w[1]:.3f}\t{w[2]:.3f}" if w is not None else ""
+      lines.append(f"{rank}\t{score:.4f}\t{row_id}{when}")
+  return "\n".join(lines)
 
 
 if __name__ == "__main__":

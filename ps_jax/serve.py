@@ -17,8 +17,10 @@ in `--index` (default `<video_dir>/.ps_jax_index`).
 
   GET  /                         the results page (?q=TEXT&k=K in the URL)
   GET  /api/search?q=TEXT&k=K    {"query", "k", "results": [{"id", "score", "thumbnail",
-                                  "video"}, ...]} best first (URLs on this server; null
-                                  when the index has no thumbnail / source file)
+                                  "video", "video_id", "start", "end"}, ...]} best first
+                                  (URLs on this server; null when the index has no
+                                  thumbnail / source file; start and end, in seconds,
+                                  of a windowed index's moments, else null)
   POST /api/search               {"queries": [...], "k": K} -> {"k", "results": [
                                   {"query", "results": [...]}, ...]}
   GET  /api/thumbnail/{id}       the video's JPEG thumbnail strip
@@ -59,6 +61,8 @@ import ps_jax
 from ps_jax import reporting
 from ps_jax.embed import TextEncoder
 from ps_jax.retrieval import build, folder
+from ps_jax.retrieval import progress as progress_lib
+from ps_jax.retrieval import windows as windows_lib
 from ps_jax.retrieval import service as service_lib
 from ps_jax.retrieval import store
 from ps_jax.retrieval.query import QueryEncoderError
@@ -111,7 +115,8 @@ def create_app(service: service_lib.SearchService) -> fastapi.FastAPI:
     quoted = urllib.parse.quote(hit.id, safe="")
     return {"id": hit.id, "score": round(hit.score, 6),
             "thumbnail": f"/api/thumbnail/{quoted}" if service.has_thumbnail(hit.id) else None,
-            "video": f"/api/video/{quoted}" if service.video_file(hit.id) else None}
+            "video": f"/api/video/{quoted}" if service.video_file(hit.id) else None,
+            "video_id": hit.video, "start": hit.start, "end": hit.end}
 
   async def run(texts: Sequence[str], k: int) -> list[list[dict]]:
     hits = await asyncio.wrap_future(service.submit(texts, k))
@@ -218,9 +223,19 @@ def _parser() -> argparse.ArgumentParser:
                  help="P for a HF directory or .pth (a workdir records its own)")
   f.add_argument("--clip_config", help="for a .pth: HF config.json or its directory")
   f.add_argument("--model_dtype", choices=("float32", "bfloat16"))
+  add_window_flags(f)
   f.add_argument("--batch_size", type=int, help="videos per device call while indexing")
   f.add_argument("--num_workers", type=int, help="decoding threads")
   return p
+
+
+def add_window_flags(group) -> None:
+  group.add_argument("--window", type=float, help="index moments: windows of this many "
+                     "seconds (default: one row per whole video)")
+  group.add_argument("--stride", type=float, help="--window: seconds between window starts "
+                     "(default half the window)")
+  group.add_argument("--window_fps", type=float, help="--window: frames per second "
+                     f"sampled from (default {windows_lib.DEFAULT_FPS:g})")
 
 
 def folder_service(args) -> tuple:
@@ -228,8 +243,9 @@ def folder_service(args) -> tuple:
   model loaded once, the index's rows (if any) served at once."""
   index_dir = args.index or os.path.join(args.video_dir, ".ps_jax_index")
   short_side = args.short_side or None
-  existing = folder.open_existing(index_dir, args.video_dir, args.frames_per_video,
-                                  short_side, overwrite=False)
+  existing = folder.open_existing(index_dir, folder.folder_info(
+      args.video_dir, args.frames_per_video, short_side, args.window, args.stride,
+      args.window_fps), overwrite=False)
   kwargs = folder.model_load_kwargs(args.model, args.num_prompts, args.clip_config,
                                     args.model_dtype)
   imodel = folder.load_model(existing, args.model, kwargs)
@@ -253,7 +269,7 @@ def folder_service(args) -> tuple:
   service.warm_up()
   if existing is not None and len(existing):
     service.reload(index_dir)
-  progress = folder.Progress()
+  progress = progress_lib.Progress()
   service.progress = progress.snapshot
   stop = threading.Event()
 
@@ -264,7 +280,8 @@ def folder_service(args) -> tuple:
         max_len=max_len, tokenizer=tokenizer, commit_every=args.commit_every,
         commit_seconds=args.commit_seconds, batch_size=args.batch_size,
         num_workers=args.num_workers, progress_bar=True, progress=progress,
-        on_commit=lambda: service.reload(index_dir))
+        on_commit=lambda: service.reload(index_dir), window=args.window,
+        stride=args.stride, window_fps=args.window_fps)
 
   def failed(e: Exception) -> None:
     progress.update(state="error", error=str(e))

@@ -211,6 +211,30 @@ def _demux(path: str) -> _Packets:
                   clean)
 
 
+class Probe(NamedTuple):
+  """What demuxing tells of a video: frames, seconds (None when neither the timestamps
+  nor a frame rate tell), the container's average frame rate (0.0 when unknown)."""
+  count: int
+  duration: float | None
+  rate: float
+
+
+def probe(path: str) -> Probe:
+  """Frame count and duration of the first video stream, by demuxing (no decoding).
+
+  The duration is the span of the presentation timestamps plus one frame (at the
+  average rate, else the mean frame interval), else count / rate.
+  """
+  packets = _demux(path)
+  n, times, rate = packets.count, packets.times, packets.rate
+  if n == 0:
+    raise CorruptVideoError(path, packets.problem or "the video stream holds no packets")
+  if times is not None and n > 1 and times[-1] > times[0]:
+    step = 1.0 / rate if rate > 0 else (times[-1] - times[0]) / (n - 1)
+    return Probe(n, float(times[-1] - times[0] + step), rate)
+  return Probe(n, n / rate if rate > 0 else None, rate)
+
+
 def count_frames(path: str) -> tuple[int, str | None]:
   """Frames of the first video stream, counted by demuxing (no decoding).
 

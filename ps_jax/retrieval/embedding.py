@@ -28,7 +28,8 @@ from ps_jax.retrieval.model import IndexModel
 from ps_jax.retrieval.sources import IndexBuildError, VideoSource, eval_clip
 
 # Status codes of a batch slot: 0 embedded, -1 padding, > 0 a skip reason (VideoError.reason).
-SKIP_REASONS = ("missing", "empty_file", "unreadable", "no_video_stream", "corrupt", "error")
+SKIP_REASONS = ("missing", "empty_file", "unreadable", "no_video_stream", "corrupt", "error",
+                "no_duration")
 
 
 @dataclasses.dataclass
@@ -69,16 +70,43 @@ def _work(source: VideoSource, position: int, num_frames: int, num_prompts: int,
   try:
     loaded = source.load(position)
     clip = eval_clip(loaded.frames, num_frames, num_prompts, image_size)
-  except video_lib.VideoError as e:
-    reason = e.reason if e.reason in SKIP_REASONS else "error"
-    return None, None, 1 + SKIP_REASONS.index(reason), [], e.detail
   except Exception as e:  # pylint: disable=broad-except  # a bad video never stops the run
-    return None, None, 1 + SKIP_REASONS.index("error"), [], f"{type(e).__name__}: {e}"
+    code, detail = _failed(e)
+    return None, None, code, [], detail
+  thumb, warnings = _strip(clip, loaded.warnings)
+  return clip, thumb, 0, warnings, ""
+
+
+def _strip(clip: np.ndarray, warnings: list):
+  """(thumbnail strip or None, warnings): a strip that cannot be made is a warning."""
   try:
-    thumb = media.strip(clip)
-  except Exception as e:  # pylint: disable=broad-except  # nor does its thumbnail
-    return clip, None, 0, loaded.warnings + [f"no thumbnail: {type(e).__name__}: {e}"], ""
-  return clip, thumb, 0, loaded.warnings, ""
+    return media.strip(clip), warnings
+  except Exception as e:  # pylint: disable=broad-except  # a thumbnail never fails a row
+    return None, warnings + [f"no thumbnail: {type(e).__name__}: {e}"]
+
+
+def _failed(e: Exception):
+  """The status code and detail of a video that could not be used."""
+  if isinstance(e, video_lib.VideoError):
+    reason = e.reason if e.reason in SKIP_REASONS else "error"
+    return 1 + SKIP_REASONS.index(reason), e.detail
+  return 1 + SKIP_REASONS.index("error"), f"{type(e).__name__}: {e}"
+
+
+def _work_windows(source: VideoSource, position: int, spans: list, num_frames: int,
+                  num_prompts: int, image_size: int) -> list:
+  """`_work`'s tuple for each window of one video, its frames decoded once."""
+  try:
+    clips, warnings = source.load_windows(position, spans, num_frames, num_prompts,
+                                          image_size)
+  except Exception as e:  # pylint: disable=broad-except  # a bad video never stops the run
+    code, detail = _failed(e)
+    return [(None, None, code, [], detail)] * len(spans)
+  out = []
+  for clip in clips:
+    thumb, warned = _strip(clip, warnings)
+    out.append((clip, thumb, 0, warned, ""))
+  return out
 
 
 @dataclasses.dataclass
@@ -86,9 +114,10 @@ class Batch:
   """What one global batch of `embed_batches` gave (the same on every process).
 
   Attributes:
-    done: (position, float32[E] embedding, JPEG strip: b"" without one or off process 0)
-      of the videos embedded, in batch order.
-    skipped: (position, Skipped) of those that could not be decoded.
+    done: (slot, float32[E] embedding, JPEG strip: b"" without one or off process 0)
+      of the rows embedded, in batch order; a slot is a position in `positions` (the
+      list given, not the source), whose video is `positions[slot]`.
+    skipped: (slot, Skipped) of those that could not be decoded.
     partial: (video_id, warnings) of videos embedded despite problems (this process's).
     end: positions [0, end) of the list given are now processed.
   """
@@ -102,12 +131,14 @@ def embed_batches(imodel: IndexModel, source: VideoSource, positions: Sequence[i
                   mesh=None, batch_size: Optional[int] = None, num_frames: int,
                   image_size: int, num_workers: Optional[int] = None,
                   prefetch_batches: int = 2, progress: bool = True,
-                  on_video=None) -> Iterator[Batch]:
+                  on_video=None, spans: Optional[Sequence] = None) -> Iterator[Batch]:
   """Embeds `source` videos at `positions` on every device of every process, one global
   batch at a time (a generator of `Batch`; see `embed_source` for the arguments).
 
-  `on_video(status)`, if given, is called on process 0 for every video processed (0
-  embedded, > 0 skipped), as the bar advances.
+  `on_video(status)`, if given, is called on process 0 for every row processed (0
+  embedded, > 0 skipped), as the bar advances. `spans`, if given, holds a (start, end)
+  window per position (a video repeats once per window, its windows consecutive;
+  `source.load_windows` decodes them): each row is then that window of the video.
   """
   mesh = mesh if mesh is not None else sharding.make_mesh()
   num_devices, num_processes = mesh.size, jax.process_count()
@@ -128,8 +159,26 @@ def embed_batches(imodel: IndexModel, source: VideoSource, positions: Sequence[i
   pool = concurrent.futures.ThreadPoolExecutor(max(workers, 1))
 
   def submit(t):
-    slots = positions[t * g + lo:t * g + lo + b]
-    return [pool.submit(_work, source, pos, num_frames, p, image_size) for pos in slots]
+    """Futures of this process's slots of batch t, one per slot, or per run of
+    consecutive windows of one video (a list of results)."""
+    start, stop = t * g + lo, min(t * g + lo + b, len(positions))
+    if spans is None:
+      return [pool.submit(_work, source, pos, num_frames, p, image_size)
+              for pos in positions[start:stop]]
+    runs, i = [], start
+    while i < stop:
+      j = i
+      while j + 1 < stop and positions[j + 1] == positions[i]:
+        j += 1
+      runs.append(pool.submit(_work_windows, source, positions[i],
+                              list(spans[i:j + 1]), num_frames, p, image_size))
+      i = j + 1
+    return runs
+
+  def results(futures):
+    for fut in futures:
+      out = fut.result()
+      yield from (out if isinstance(out, list) else [out])
 
   bar = None
   if progress and jax.process_index() == 0:
@@ -151,9 +200,8 @@ def embed_batches(imodel: IndexModel, source: VideoSource, positions: Sequence[i
       status = np.full((b,), -1, np.int32)  # < -1: embedded without a thumbnail
       where = np.full((b,), -1, np.int32)
       details, partial = {}, []
-      for j, fut in enumerate(futures):
-        clip, thumb, code, warnings, detail = fut.result()
-        where[j], status[j] = positions[t * g + lo + j], code
+      for j, (clip, thumb, code, warnings, detail) in enumerate(results(futures)):
+        where[j], status[j] = t * g + lo + j, code
         if clip is not None:
           frames[j] = clip
           if thumb is None:
@@ -163,7 +211,7 @@ def embed_batches(imodel: IndexModel, source: VideoSource, positions: Sequence[i
         if code:
           details[int(where[j])] = detail
         elif warnings:
-          partial.append((source.ids[where[j]], warnings))
+          partial.append((source.ids[positions[where[j]]], warnings))
       # Status and position travel as global arrays laid out like the frames, so every
       # gathered embedding row keeps its video whatever order the mesh gives the hosts.
       batch = sharding.global_batch({"frames": frames, "status": status, "where": where,
@@ -173,17 +221,18 @@ def embed_batches(imodel: IndexModel, source: VideoSource, positions: Sequence[i
       thumbs = sharding.gather(batch["thumbs"])
       done, skipped = [], []
       for j in range(g):
-        pos = int(where[j])
+        slot = int(where[j])
         if status[j] == 0 or status[j] == -2:
           jpeg = (media.encode_jpeg(thumbs[j]) if jax.process_index() == 0 and status[j] == 0
                   else b"")
-          done.append((pos, emb[j], jpeg))  # process 0 writes the index
+          done.append((slot, emb[j], jpeg))  # process 0 writes the index
         elif status[j] > 0:
-          detail = details.get(pos, "decoded by another process: see its log")
+          detail = details.get(slot, "decoded by another process: see its log")
+          pos = positions[slot]
           skip = Skipped(source.ids[pos], source.paths[pos] if source.paths else None,
                          SKIP_REASONS[status[j] - 1], detail)
-          skipped.append((pos, skip))
-          if pos in details:
+          skipped.append((slot, skip))
+          if slot in details:
             _warn(f"skipped {skip.video_id} ({skip.reason}): {skip.detail}", bar)
       num_skipped += len(skipped)
       if on_video is not None and jax.process_index() == 0:
@@ -193,9 +242,8 @@ def embed_batches(imodel: IndexModel, source: VideoSource, positions: Sequence[i
         bar.update(len(done) + len(skipped))
         if num_skipped:
           bar.set_postfix(skipped=num_skipped, refresh=False)
-      order = {pos: i for i, pos in enumerate(positions[t * g:(t + 1) * g])}
-      done.sort(key=lambda item: order[item[0]])  # source order, whatever the mesh's
-      skipped.sort(key=lambda item: order[item[0]])
+      done.sort(key=lambda item: item[0])  # the order given, whatever the mesh's
+      skipped.sort(key=lambda item: item[0])
       yield Batch(done, skipped, partial, min((t + 1) * g, len(positions)))
   finally:
     if bar is not None:
@@ -232,6 +280,7 @@ def embed_source(imodel: IndexModel, source: VideoSource, positions: Sequence[in
     EmbedResult with float32[N, E] embeddings of the N videos that decoded.
   """
   start = time.perf_counter()
+  positions = list(positions)
   done, skipped, partial = [], [], []
   for batch in embed_batches(imodel, source, positions, mesh=mesh, batch_size=batch_size,
                              num_frames=num_frames, image_size=image_size,
@@ -240,7 +289,7 @@ def embed_source(imodel: IndexModel, source: VideoSource, positions: Sequence[in
     done += batch.done
     skipped += [skip for _, skip in batch.skipped]
     partial += batch.partial
-  ids = [source.ids[pos] for pos, _, _ in done]
+  ids = [source.ids[positions[slot]] for slot, _, _ in done]
   dim = imodel.model.clip.projection_dim
   embeddings = (np.stack([e for _, e, _ in done]).astype(np.float32) if done
                 else np.zeros((0, dim), np.float32))

@@ -25,8 +25,8 @@ the files under `video_dir`, and is what every run does, first or not:
   index built by another model, or of another folder, is never mixed in.
 
 `watch_video_dir` repeats the sync whenever the folder's listing or a file's stat
-changes. `Progress` is what a page or a bar shows: videos done and to do, videos per
-second, time left, recent problems.
+changes. `ps_jax.retrieval.progress.Progress` is what a page or a bar shows: videos
+done and to do, videos per second, time left, recent problems.
 """
 
 from __future__ import annotations
@@ -46,6 +46,9 @@ from ps_jax import checkpoints, reporting
 from ps_jax.models.clip import ClipConfig
 from ps_jax.data import decoding
 from ps_jax.retrieval import build, embedding, store
+from ps_jax.retrieval import windows as windows_lib
+from ps_jax.retrieval.embedding import Skipped
+from ps_jax.retrieval.progress import Progress
 from ps_jax.retrieval.model import IndexModel
 from ps_jax.retrieval.sources import (DEFAULT_FRAMES_PER_VIDEO, DEFAULT_SHORT_SIDE,
                                       IndexBuildError, files_source)
@@ -56,56 +59,6 @@ from ps_jax.retrieval.sources import (DEFAULT_FRAMES_PER_VIDEO, DEFAULT_SHORT_SI
 DEFAULT_COMMIT_EVERY = 256
 DEFAULT_COMMIT_SECONDS = 60.0
 DEFAULT_WATCH_SECONDS = 10.0
-_RECENT_PROBLEMS = 20
-
-
-class Progress:
-  """Where a folder build stands; written by the build, read from any thread."""
-
-  def __init__(self):
-    self._lock = threading.Lock()
-    self._state = {"state": "starting", "files": 0, "total": 0, "done": 0, "indexed": 0,
-                   "skipped": 0, "rows": 0, "commits": 0, "message": "", "error": None}
-    self._started: Optional[float] = None
-    self._finished: Optional[float] = None
-    self._problems = collections.deque(maxlen=_RECENT_PROBLEMS)
-
-  def update(self, **fields) -> None:
-    with self._lock:
-      self._state.update(fields)
-      if fields.get("state") in ("done", "error") and self._finished is None:
-        self._finished = time.monotonic()
-
-  def start(self, total: int) -> None:
-    """A pass over `total` videos begins."""
-    with self._lock:
-      self._state.update(state="indexing" if total else "done", total=total, done=0,
-                         indexed=0, skipped=0, error=None)
-      self._started, self._finished = time.monotonic(), None
-
-  def video(self, status: int) -> None:
-    """One video processed: 0 embedded, > 0 skipped."""
-    with self._lock:
-      self._state["done"] += 1
-      self._state["indexed" if status == 0 else "skipped"] += 1
-
-  def problem(self, video_id: str, reason: str, detail: str) -> None:
-    with self._lock:
-      self._problems.append({"id": video_id, "reason": reason, "detail": detail[:300]})
-
-  def snapshot(self) -> dict:
-    """{"state", "files", "total", "done", "indexed", "skipped", "rows", "commits",
-    "videos_per_s", "seconds_left", "message", "error", "problems"}."""
-    with self._lock:
-      out = dict(self._state, problems=list(self._problems))
-      end = self._finished if self._finished is not None else time.monotonic()
-      elapsed = end - self._started if self._started is not None else 0.0
-    rate = out["done"] / elapsed if out["done"] and elapsed > 0 else None
-    left = out["total"] - out["done"]
-    out["videos_per_s"] = round(rate, 3) if rate else None
-    out["seconds_left"] = round(left / rate, 1) if rate and out["state"] == "indexing" else (
-        0.0 if not left else None)
-    return out
 
 
 def _stamp(path: str) -> Optional[dict]:
@@ -141,14 +94,17 @@ class Plan:
 
 
 def plan_sync(index: Optional[store.Index], state: Optional[dict], folder: dict,
-              sources: Optional[list] = None) -> Plan:
+              sources: Optional[list] = None, row_videos: Optional[list] = None) -> Plan:
   """The work to bring `index` (None: none yet) with its sync `state` in line with
-  `folder` ({id: stamp}). Rows of an index that recorded no stamps (built before they
-  were kept) stand for their file while its recorded `sources` path is still there."""
+  `folder` ({id: stamp}), video by video (`row_videos`: the video of each row, default
+  the row ids). Rows of an index that recorded no stamps (built before they were kept)
+  stand for their file while its recorded `sources` path is still there."""
   state = state or {"rows": {}, "skipped": {}}
-  ids = index.ids if index is not None else []
+  ids = row_videos if row_videos is not None else (index.ids if index is not None else [])
   rows, remove = {}, []
   for row, video_id in enumerate(ids):
+    if video_id in rows or video_id in remove:
+      continue  # another window of a video already planned
     recorded = state["rows"].get(video_id)
     now = folder.get(video_id)
     if recorded is None and now is not None and sources is not None and (
@@ -165,11 +121,31 @@ def plan_sync(index: Optional[store.Index], state: Optional[dict], folder: dict,
   return Plan(remove, todo, rows, skips)
 
 
-def _check_same_folder(out: str, recorded: dict, video_dir: str, frames_per_video: int,
-                       short_side: Optional[int]) -> None:
-  data = recorded.get("data") or {}
-  want = {"kind": "video_dir", "video_dir": os.path.abspath(video_dir),
+def folder_info(video_dir: str, frames_per_video: int, short_side: Optional[int],
+                window: Optional[float] = None, stride: Optional[float] = None,
+                window_fps: Optional[float] = None) -> dict:
+  """The index metadata's "data" of a folder decoded this way (the window keys only for
+  a windowed index: the stride defaults to half the window, the rate to 3 frames per
+  second); IndexBuildError naming the flag that is out of range."""
+  info = {"kind": "video_dir", "video_dir": os.path.abspath(video_dir),
           "frames_per_video": frames_per_video, "short_side": short_side}
+  if window is None:
+    if stride is not None:
+      raise IndexBuildError("--stride is for --window: give the window length too")
+    return info
+  window_fps = windows_lib.DEFAULT_FPS if window_fps is None else window_fps
+  try:
+    stride = windows_lib.check(window, stride, window_fps)
+  except windows_lib.WindowError as e:
+    raise IndexBuildError(str(e)) from e
+  info.update(window=float(window), stride=float(stride), window_fps=float(window_fps))
+  return info
+
+
+def _check_same_folder(out: str, recorded: dict, want: dict) -> None:
+  data = recorded.get("data") or {}
+  for key in ("window", "stride", "window_fps"):
+    want.setdefault(key, None)
   for key, value in want.items():
     if data.get(key) != value:
       flag = {"kind": "video_dir", "video_dir": "video_dir"}.get(key, key)
@@ -179,15 +155,14 @@ def _check_same_folder(out: str, recorded: dict, video_dir: str, frames_per_vide
           "--out, or --overwrite to replace it")
 
 
-def open_existing(out: str, video_dir: str, frames_per_video: int,
-                  short_side: Optional[int], overwrite: bool) -> Optional[store.Index]:
+def open_existing(out: str, info: dict, overwrite: bool) -> Optional[store.Index]:
   """The index at `out` to update (None: none, or `overwrite`), checked to be an index
-  of `video_dir` decoded the same way (IndexBuildError naming the flag otherwise)."""
+  of the folder decoded as `info` (`folder_info`) says (IndexBuildError naming the flag
+  otherwise)."""
   if overwrite or not os.path.exists(os.path.join(out, store.META_FILE)):
     return None
   existing = store.load_index(out, mmap=True, check_norms=False)
-  _check_same_folder(out, existing.meta.get("metadata", {}), video_dir, frames_per_video,
-                     short_side)
+  _check_same_folder(out, existing.meta.get("metadata", {}), dict(info))
   return existing
 
 
@@ -245,7 +220,9 @@ def sync_video_dir(out: str, video_dir: str, imodel: Optional[IndexModel] = None
                    batch_size: Optional[int] = None, mesh=None,
                    num_workers: Optional[int] = None, progress_bar: bool = True,
                    progress: Optional[Progress] = None,
-                   on_commit: Optional[Callable[[], None]] = None) -> build.IndexSummary:
+                   on_commit: Optional[Callable[[], None]] = None,
+                   window: Optional[float] = None, stride: Optional[float] = None,
+                   window_fps: Optional[float] = None) -> build.IndexSummary:
   """Brings the index at `out` in line with the video files under `video_dir` (module
   docstring): creates it, continues an interrupted build, or updates it.
 
@@ -258,6 +235,8 @@ def sync_video_dir(out: str, video_dir: str, imodel: Optional[IndexModel] = None
     commit_every, commit_seconds: commit after this many videos or seconds.
     batch_size, mesh, num_workers, progress_bar: as `embedding.embed_source`.
     progress: updated as the build goes; on_commit: called (process 0) after each commit.
+    window, stride, window_fps: index windows of time (`ps_jax.retrieval.windows`)
+      instead of whole videos; the index keeps them (another value is refused).
 
   Returns:
     IndexSummary of this pass (added, removed, skipped, rows now).
@@ -273,9 +252,11 @@ def sync_video_dir(out: str, video_dir: str, imodel: Optional[IndexModel] = None
   if short_side is not None and short_side < 1:
     raise IndexBuildError(f"--short_side must be >= 1 (or 0 for the native size), got "
                           f"{short_side}")
+  info = folder_info(video_dir, frames_per_video, short_side, window, stride, window_fps)
+  stride = info.get("stride")
   progress = progress or Progress()
   progress.update(state="listing")
-  existing = open_existing(out, video_dir, frames_per_video, short_side, overwrite)
+  existing = open_existing(out, info, overwrite)
   state = store.load_sync(out) if existing is not None else None
   recorded = existing.meta.get("metadata", {}) if existing is not None else {}
   imodel = imodel or load_model(existing, model_path, load_kwargs)
@@ -287,8 +268,12 @@ def sync_video_dir(out: str, video_dir: str, imodel: Optional[IndexModel] = None
   if not folder and existing is None:
     raise IndexBuildError(f"--video_dir {video_dir!r} holds no video file (extensions "
                           f"{', '.join(decoding.VIDEO_EXTENSIONS)})")
-  sources = store.load_media(out, len(existing)).sources if existing is not None else None
-  plan = plan_sync(existing, state, folder, sources)
+  media = store.load_media(out, len(existing)) if existing is not None else None
+  row_videos = None
+  if media is not None and media.windows is not None:
+    row_videos = [media.window(r)[0] if media.window(r) else video_id
+                  for r, video_id in enumerate(existing.ids)]
+  plan = plan_sync(existing, state, folder, media.sources if media else None, row_videos)
   if jax.process_count() > 1:  # every process has planned before process 0 commits
     multihost_utils.sync_global_devices("ps_jax.sync_video_dir planned")
   writer = jax.process_index() == 0
@@ -296,26 +281,47 @@ def sync_video_dir(out: str, video_dir: str, imodel: Optional[IndexModel] = None
   count = len(existing) if existing is not None else 0
   stale_skips = state is not None and len(plan.kept_skips) != len(state["skipped"])
   if existing is not None and (plan.remove or stale_skips or state is None):
+    gone = set(plan.remove)
+    rows_gone = [i for r, i in enumerate(existing.ids)
+                 if (row_videos[r] if row_videos else i) in gone]
     if writer:
-      store.remove_from_index(out, plan.remove, sync=sync_state,
+      store.remove_from_index(out, rows_gone, sync=sync_state,
                               reason="files removed or changed under the folder")
       if on_commit is not None:
         on_commit()
-    count -= len(plan.remove)
+    count -= len(rows_gone)
   progress.update(files=len(folder), rows=count)
-  info = {"kind": "video_dir", "video_dir": os.path.abspath(video_dir),
-          "frames_per_video": frames_per_video, "short_side": short_side}
   source = files_source({i: folder[i]["path"] for i in plan.todo}, info,
                         num_frames, max(imodel.model.config.num_prompts, 1))
-  reporting.say(
-      f"{out}: {count} videos indexed, {len(plan.todo)} to index, {len(plan.remove)} "
-      f"removed, {len(plan.kept_skips)} unreadable and unchanged (of {len(folder)} files "
-      f"under {video_dir}); {num_frames} frames of {image_size} px with "
-      f"{imodel.path or 'an in-memory model'}")
-  progress.start(len(plan.todo))
-  has_index = existing is not None
-  pending = {"ids": [], "emb": [], "jpeg": [], "src": [], "skipped": [], "partial": []}
+  pending = {"ids": [], "emb": [], "jpeg": [], "src": [], "win": [], "skipped": [],
+             "partial": []}
   added, skipped, partial = 0, [], []
+
+  def skip(video_id: str, reason: str, detail: str) -> None:
+    if video_id in sync_state["skipped"]:
+      return  # another window of the same video
+    s = Skipped(video_id, folder[video_id]["path"], reason, detail)
+    pending["skipped"].append(s)
+    skipped.append(s)
+    sync_state["skipped"][video_id] = {**folder[video_id], "reason": reason, "detail": detail}
+    progress.problem(video_id, reason, detail)
+
+  if window is None:
+    positions, spans = list(range(len(source.ids))), None
+  else:
+    rows, failed = windows_lib.plan_rows(source.paths, window, stride, num_workers or 4)
+    for pos, error in failed.items():
+      skip(source.ids[pos], error.reason, error.detail)
+    positions, spans = [pos for pos, _ in rows], [span for _, span in rows]
+  left = collections.Counter(source.ids[pos] for pos in positions)  # rows to go per video
+  reporting.say(
+      f"{out}: {count} rows indexed, {len(plan.todo)} videos to index"
+      + (f" ({len(positions)} windows of {window:g} s every {stride:g} s)" if window else "")
+      + f", {len(plan.remove)} removed, {len(plan.kept_skips)} unreadable and unchanged "
+      f"(of {len(folder)} files under {video_dir}); {num_frames} frames of {image_size} px "
+      f"with {imodel.path or 'an in-memory model'}")
+  progress.start(len(positions))
+  has_index = existing is not None
   start = last_commit = time.monotonic()
 
   def commit() -> None:
@@ -325,16 +331,17 @@ def sync_video_dir(out: str, video_dir: str, imodel: Optional[IndexModel] = None
       emb = (np.stack(p["emb"]).astype(np.float32) if p["emb"] else
              np.zeros((0, imodel.model.clip.projection_dim), np.float32))
       thumbs = [j or None for j in p["jpeg"]]
+      win = p["win"] if window is not None else None
       if has_index:
         store.append_to_index(out, p["ids"], emb, imodel.fingerprint,
                               source=source.describe(), thumbnails=thumbs,
-                              sources=p["src"], sync=sync_state)
+                              sources=p["src"], sync=sync_state, windows=win)
       else:
         store.write_index(out, p["ids"], emb, imodel.fingerprint,
                           build._metadata(imodel, source, num_frames, image_size,  # pylint: disable=protected-access
                                           max_len, tokenizer),
                           dtype, source=source.describe(), overwrite=overwrite,
-                          thumbnails=thumbs, sources=p["src"], sync=sync_state)
+                          thumbnails=thumbs, sources=p["src"], sync=sync_state, windows=win)
         if overwrite and os.path.exists(os.path.join(out, build.REPORT_FILE)):
           os.remove(os.path.join(out, build.REPORT_FILE))  # the replaced index's
       build._write_report(out, p["skipped"], p["partial"], build._now(),  # pylint: disable=protected-access
@@ -348,30 +355,35 @@ def sync_video_dir(out: str, video_dir: str, imodel: Optional[IndexModel] = None
     last_commit = time.monotonic()
     progress.update(rows=count, commits=progress.snapshot()["commits"] + 1)
 
-  batches = () if not plan.todo else embedding.embed_batches(
-      imodel, source, range(len(source.ids)), mesh=mesh,
-      batch_size=batch_size, num_frames=num_frames, image_size=image_size,
-      num_workers=num_workers, progress=progress_bar, on_video=progress.video)
+  if window is not None and pending["skipped"] and not positions:
+    commit()  # no video has a window: record why, so they are retried only once changed
+  batches = () if not positions else embedding.embed_batches(
+      imodel, source, positions, mesh=mesh, batch_size=batch_size, num_frames=num_frames,
+      image_size=image_size, num_workers=num_workers, progress=progress_bar,
+      on_video=progress.video, spans=spans)
   for batch in batches:
-    for pos, emb, jpeg in batch.done:
-      video_id = source.ids[pos]
-      pending["ids"].append(video_id)
+    for slot, emb, jpeg in batch.done:
+      video_id = source.ids[positions[slot]]
+      if spans is None:
+        pending["ids"].append(video_id)
+      else:
+        pending["ids"].append(windows_lib.row_id(video_id, *spans[slot]))
+        pending["win"].append((video_id, *spans[slot]))
       pending["emb"].append(emb)
       pending["jpeg"].append(jpeg)
       pending["src"].append(folder[video_id]["path"])
-      sync_state["rows"][video_id] = folder[video_id]
-    for _, skip in batch.skipped:
-      pending["skipped"].append(skip)
-      sync_state["skipped"][skip.video_id] = {**folder[skip.video_id], "reason": skip.reason,
-                                              "detail": skip.detail}
-      progress.problem(skip.video_id, skip.reason, skip.detail)
+      left[video_id] -= 1
+      if not left[video_id] and video_id not in sync_state["skipped"]:
+        sync_state["rows"][video_id] = folder[video_id]  # all its rows are in
+    for slot, s in batch.skipped:
+      left[s.video_id] -= 1
+      skip(s.video_id, s.reason, s.detail)
     pending["partial"] += batch.partial
     added += len(batch.done)
-    skipped += [skip for _, skip in batch.skipped]
     partial += batch.partial
     due = (len(pending["ids"]) + len(pending["skipped"]) >= commit_every
            or time.monotonic() - last_commit >= commit_seconds
-           or batch.end == len(source.ids))
+           or batch.end == len(positions))
     if due:
       commit()
   if jax.process_count() > 1:

@@ -32,7 +32,8 @@ from PIL import Image
 THUMBS_FILE = "thumbnails.bin"
 OFFSETS_FILE = "thumbnails.npy"
 SOURCES_FILE = "sources.json"
-FILES = (THUMBS_FILE, OFFSETS_FILE, SOURCES_FILE)
+WINDOWS_FILE = "windows.json"
+FILES = (THUMBS_FILE, OFFSETS_FILE, SOURCES_FILE, WINDOWS_FILE)
 THUMB_FRAMES = 4
 THUMB_SIZE = 96
 JPEG_QUALITY = 85
@@ -89,11 +90,14 @@ class Media:
     offsets: int64[N + 1] into `thumbnails_file`, or None (no thumbnails stored).
     thumbnails_file: path of thumbnails.bin, or None.
     sources: N source paths or None each; None when no sources.json was stored.
+    windows: N [video id, start s, end s] or None each (a row of a whole video); None
+      when no windows.json was stored (`ps_jax.retrieval.windows`).
   """
   count: int
   offsets: Optional[np.ndarray] = None
   thumbnails_file: Optional[str] = None
   sources: Optional[list] = None
+  windows: Optional[list] = None
 
   def has_thumbnail(self, row: int) -> bool:
     return self.offsets is not None and self.offsets[row + 1] > self.offsets[row]
@@ -110,12 +114,17 @@ class Media:
   def source(self, row: int) -> Optional[str]:
     return self.sources[row] if self.sources is not None else None
 
+  def window(self, row: int) -> Optional[tuple]:
+    """(video id, start, end) of a window row, or None (a whole video)."""
+    w = self.windows[row] if self.windows is not None else None
+    return tuple(w) if w is not None else None
+
   @property
   def num_thumbnails(self) -> int:
     return 0 if self.offsets is None else int(np.count_nonzero(np.diff(self.offsets)))
 
 
-def _check_new(count: int, thumbnails, sources) -> None:
+def _check_new(count: int, thumbnails, sources, windows=None) -> None:
   if thumbnails is not None:
     if len(thumbnails) != count:
       raise ValueError(f"{len(thumbnails)} thumbnails given for {count} ids")
@@ -128,16 +137,30 @@ def _check_new(count: int, thumbnails, sources) -> None:
     for i, s in enumerate(sources):
       if s is not None and not isinstance(s, str):
         raise ValueError(f"sources[{i}] must be a path string or None, got {type(s).__name__}")
+  if windows is not None:
+    if len(windows) != count:
+      raise ValueError(f"{len(windows)} windows given for {count} ids")
+    for i, w in enumerate(windows):
+      if w is not None and not (len(w) == 3 and isinstance(w[0], str) and 0 <= w[1] < w[2]):
+        raise ValueError(f"windows[{i}] must be (video id, start, end > start) or None, "
+                         f"got {w!r}")
+
+
+def _write_list(file: str, rows: list) -> None:
+  with open(file, "w", encoding="utf-8") as f:
+    json.dump(rows, f)
+    f.flush()
+    os.fsync(f.fileno())
 
 
 def write_new(path: str, suffix: str, old: Optional[Media], count: int,
               thumbnails: Optional[Sequence[Optional[bytes]]],
-              sources: Optional[Sequence[Optional[str]]]) -> list[str]:
+              sources: Optional[Sequence[Optional[str]]], windows=None) -> list[str]:
   """Writes the media files of `old`'s rows followed by `count` new rows as
   `<name><suffix>` files, synced, for the store's commit; returns the names written
   (none when neither the old rows nor the new ones have media).
   """
-  _check_new(count, thumbnails, sources)
+  _check_new(count, thumbnails, sources, windows)
   old = old or Media(0)
   names = []
   if thumbnails is not None or old.offsets is not None:
@@ -160,11 +183,14 @@ def write_new(path: str, suffix: str, old: Optional[Media], count: int,
     names += [THUMBS_FILE, OFFSETS_FILE]
   if sources is not None or old.sources is not None:
     rows = list(old.sources or [None] * old.count) + list(sources or [None] * count)
-    with open(os.path.join(path, SOURCES_FILE + suffix), "w", encoding="utf-8") as f:
-      json.dump(rows, f)
-      f.flush()
-      os.fsync(f.fileno())
+    _write_list(os.path.join(path, SOURCES_FILE + suffix), rows)
     names.append(SOURCES_FILE)
+  if windows is not None or old.windows is not None:
+    rows = list(old.windows or [None] * old.count) + [
+        None if w is None else [w[0], float(w[1]), float(w[2])]
+        for w in (windows or [None] * count)]
+    _write_list(os.path.join(path, WINDOWS_FILE + suffix), rows)
+    names.append(WINDOWS_FILE)
   return names
 
 
@@ -191,11 +217,11 @@ def write_subset(path: str, suffix: str, old: Media, keep: np.ndarray) -> list[s
       os.fsync(f.fileno())
     names += [THUMBS_FILE, OFFSETS_FILE]
   if old.sources is not None:
-    with open(os.path.join(path, SOURCES_FILE + suffix), "w", encoding="utf-8") as f:
-      json.dump([old.sources[int(r)] for r in keep], f)
-      f.flush()
-      os.fsync(f.fileno())
+    _write_list(os.path.join(path, SOURCES_FILE + suffix), [old.sources[int(r)] for r in keep])
     names.append(SOURCES_FILE)
+  if old.windows is not None:
+    _write_list(os.path.join(path, WINDOWS_FILE + suffix), [old.windows[int(r)] for r in keep])
+    names.append(WINDOWS_FILE)
   return names
 
 
@@ -229,4 +255,16 @@ def read(files: dict, count: int) -> Media:
         s is None or isinstance(s, str) for s in sources):
       raise ValueError(f"{sources_file!r} must hold a list of {count} paths or nulls")
     media.sources = sources
+  windows_file = files[WINDOWS_FILE]
+  if os.path.exists(windows_file):
+    try:
+      with open(windows_file, encoding="utf-8") as f:
+        windows = json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+      raise ValueError(f"{windows_file!r} is not valid JSON (corrupt?): {e}") from e
+    if not isinstance(windows, list) or len(windows) != count or not all(
+        w is None or (isinstance(w, list) and len(w) == 3) for w in windows):
+      raise ValueError(f"{windows_file!r} must hold a list of {count} [video id, start, "
+                       "end] or nulls")
+    media.windows = windows
   return media

@@ -19,7 +19,7 @@ from jax.sharding import Mesh
 
 from ps_jax import sharding
 from ps_jax.embed import TextEncoder
-from ps_jax.retrieval import store
+from ps_jax.retrieval import moments, store
 from ps_jax.retrieval.model import IndexModel, ModelLoadError, load_tokenizer
 from ps_jax.retrieval.topk import Searcher
 
@@ -87,12 +87,14 @@ class TextSearcher:
     # -> [[("video7020", 0.31), ...], [...]]
   """
 
-  def __init__(self, searcher: Searcher, encoder: TextEncoder):
+  def __init__(self, searcher: Searcher, encoder: TextEncoder,
+               windows: Optional[Sequence] = None):
+    """`windows`: per row (video id, start, end) or None, of a windowed index."""
     if searcher.ids is None:
       raise ValueError("TextSearcher needs a Searcher built with ids")
     if searcher.dim != encoder.dim:
       raise ValueError(f"the index has dim {searcher.dim}, the text encoder {encoder.dim}")
-    self.searcher, self.encoder = searcher, encoder
+    self.searcher, self.encoder, self.windows = searcher, encoder, windows
 
   @classmethod
   def from_index(cls, index: Union[store.Index, str], *, model=None,
@@ -106,14 +108,16 @@ class TextSearcher:
     (default by platform); `batch_size` queries are encoded and searched per call.
     """
     where = f"index {index!r}" if isinstance(index, str) else "the index"
+    windows = None
     if isinstance(index, str):
-      index = store.load_index(index)
+      path, index = index, store.load_index(index)
+      windows = store.load_media(path, len(index)).windows
     mesh = mesh if mesh is not None else sharding.make_mesh()
     encoder = query_encoder(index, model=model, tokenizer=tokenizer, max_len=max_len,
                             mesh=mesh, batch_size=batch_size, where=where)
     searcher = Searcher(index.embeddings, index.ids, dtype=dtype, mesh=mesh,
                         batch_size=batch_size, block_rows=block_rows)
-    return cls(searcher, encoder)
+    return cls(searcher, encoder, windows)
 
   @property
   def ids(self) -> list[str]:
@@ -134,3 +138,25 @@ class TextSearcher:
     """
     return self.searcher.search_ids(self.embed(texts), k, approx=approx,
                                     recall_target=recall_target)
+
+  def search_moments(self, texts: Union[str, Sequence[str]], k: int) -> list[list[dict]]:
+    """Q lists of k distinct moments ({"id", "video", "start", "end", "score"}, best
+    first; `ps_jax.retrieval.moments.distinct`): of a windowed index its windows, with
+    start and end in seconds; of whole videos the rows (start = end = None)."""
+    queries = self.embed(texts)
+    n = len(self.ids)
+    scores, rows = self.searcher.search(queries, moments.fetch_k(k, n, self.windows is not None))
+    out = []
+    for q in range(len(queries)):
+      hits = moments.distinct([(int(r), float(s)) for s, r in zip(scores[q], rows[q])],
+                              self.windows, k)
+      out.append([_moment(self.ids[r], s, self.windows[r] if self.windows else None)
+                  for r, s in hits])
+    return out
+
+
+def _moment(row_id: str, score: float, window) -> dict:
+  if window is None:
+    return {"id": row_id, "video": row_id, "start": None, "end": None, "score": score}
+  return {"id": row_id, "video": window[0], "start": float(window[1]),
+          "end": float(window[2]), "score": score}

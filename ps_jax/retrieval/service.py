@@ -34,7 +34,7 @@ import jax
 import numpy as np
 
 from ps_jax.embed import TextEncoder
-from ps_jax.retrieval import store
+from ps_jax.retrieval import moments, store
 from ps_jax.retrieval.query import TextSearcher
 from ps_jax.retrieval.topk import Searcher
 
@@ -60,10 +60,14 @@ class Limits:
 
 @dataclasses.dataclass(frozen=True)
 class Hit:
-  """One result: index row, video id and cosine score."""
+  """One result: index row, its id and cosine score; of a windowed index the video and
+  the moment's start and end in seconds (else video = id, start = end = None)."""
   row: int
   id: str
   score: float
+  video: Optional[str] = None
+  start: Optional[float] = None
+  end: Optional[float] = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -118,7 +122,7 @@ class SearchService:
     ids = searcher.ids if searcher is not None else []
     return _View(searcher, media, dict(info, videos=len(ids)),
                  {video_id: row for row, video_id in enumerate(ids)},
-                 min(self.limits.max_k, len(ids)))
+                 moments.fetch_k(self.limits.max_k, len(ids), media.windows is not None))
 
   # Read-only views of the index version being served.
   searcher = property(lambda self: self._view.searcher)
@@ -154,18 +158,18 @@ class SearchService:
           f"{old.info['fingerprint']} this service encodes queries with")
     searcher = None
     if len(index):
-      rows = Searcher(index.embeddings, index.ids, mesh=self.encoder.mesh,
-                      batch_size=self.max_batch)
-      searcher = TextSearcher(rows, self.encoder)
-      n = 1
-      while True:  # compile every batch shape before queries reach it
-        rows.search(self.encoder(["warm up"] * n), min(self.limits.max_k, len(index)))
-        if n >= self.max_batch:
-          break
-        n = min(2 * n, self.max_batch)
+      searcher = TextSearcher(Searcher(index.embeddings, index.ids, mesh=self.encoder.mesh,
+                                       batch_size=self.max_batch), self.encoder)
     media = store.load_media(index_dir, len(index))
-    self._view = self._make_view(searcher, media, {**old.info, **_info(
+    view = self._make_view(searcher, media, {**old.info, **_info(
         index_dir, index, media, old.info.get("model"))})
+    n = 1
+    while searcher is not None:  # compile every batch shape before queries reach it
+      self._top(["warm up"] * n, view)
+      if n >= self.max_batch:
+        break
+      n = min(2 * n, self.max_batch)
+    self._view = view
     return len(index)
 
   # ---------------------------------------------------------------------------- queries
@@ -238,9 +242,9 @@ class SearchService:
         self._stats["device_calls"] += 1
       start = 0
       for r in batch:
-        hits = [[Hit(int(j), view.ids[j], float(s))
-                 for s, j in zip(scores[q, :min(r.k, view.max_k)],
-                                 rows[q, :min(r.k, view.max_k)])]
+        hits = [[_hit(view, j, s) for j, s in moments.distinct(
+                    [(int(j), float(s)) for s, j in zip(scores[q], rows[q])],
+                    view.media.windows, r.k)]
                 for q in range(start, start + len(r.texts))]
         start += len(r.texts)
         r.future.set_result(hits)
@@ -297,6 +301,13 @@ class SearchService:
     if self.progress is not None:
       out["indexing"] = self.progress()
     return out
+
+
+def _hit(view: _View, row: int, score: float) -> Hit:
+  w = view.media.window(row)
+  if w is None:
+    return Hit(row, view.ids[row], score, view.ids[row])
+  return Hit(row, view.ids[row], score, w[0], float(w[1]), float(w[2]))
 
 
 def _info(index_dir: str, index: store.Index, media, model: Optional[str]) -> dict:

@@ -1,7 +1,7 @@
 """Where the videos of an index come from: a prepared dataset split or a directory of files.
 
 Layer: data access for retrieval (imports data.builders, data.decoding, data.video,
-data.sampling, data.transforms, data.frame_store). A `VideoSource` lists ids and loads one video's frames
+data.sampling, data.transforms, data.frame_store, retrieval.windows). A `VideoSource` lists ids and loads one video's frames
 on demand (from several threads); `eval_clip` turns them into what evaluation feeds the
 model.
 """
@@ -17,6 +17,7 @@ import numpy as np
 
 from ps_jax.data import builders, decoding, frame_store, sampling, transforms
 from ps_jax.data import video as video_lib
+from ps_jax.retrieval import windows as windows_lib
 
 DEFAULT_FRAMES_PER_VIDEO = 32   # as ps_jax.data.prepare
 DEFAULT_SHORT_SIDE = 224        # as ps_jax.data.prepare for real datasets
@@ -73,12 +74,16 @@ class VideoSource:
     info: JSON-able description stored in the index metadata ("kind" and its fields).
     for_clip: None, or (F, P) -> the same source loading only what `eval_clip(..., F, P,
       S)` takes (the same clips, decoded faster).
+    load_windows: None, or (position, [(start, end)], F, P, S) -> (clips uint8[F, S, S,
+      3] of those windows of the video, warnings), its frames decoded once
+      (`ps_jax.retrieval.windows`).
   """
   ids: list[str]
   load: Callable[[int], Loaded]
   paths: Optional[list[str]]
   info: dict
   for_clip: Optional[Callable[[int, int], "VideoSource"]] = None
+  load_windows: Optional[Callable] = None
 
   def narrowed(self, num_frames: int, num_prompts: int) -> "VideoSource":
     """The source to embed F = `num_frames` frames of P = `num_prompts` with."""
@@ -156,7 +161,8 @@ def video_dir_source(video_dir: str, frames_per_video: int = DEFAULT_FRAMES_PER_
 def files_source(files: dict, info: dict, num_frames: Optional[int] = None,
                  num_prompts: Optional[int] = None) -> VideoSource:
   """The video files `files` ({id: path}), sorted by id, decoded as `info` says
-  ("frames_per_video", "short_side"; see `video_dir_source`)."""
+  ("frames_per_video", "short_side"; see `video_dir_source`; windows at "window_fps"
+  frames per second)."""
   ids = sorted(files)
   paths = [files[i] for i in ids]
   frames_per_video, short_side = info["frames_per_video"], info["short_side"]
@@ -173,10 +179,17 @@ def files_source(files: dict, info: dict, num_frames: Optional[int] = None,
     return Loaded(SpreadFrames(decoded.frames, decoded.positions, decoded.num_spread,
                                num_frames, num_prompts), list(decoded.warnings))
 
+  def load_windows(i: int, spans, f: int, p: int, image_size: int):
+    clips, warnings, _ = windows_lib.decode_windows(
+        paths[i], spans, num_frames=f, num_prompts=p, image_size=image_size,
+        short_side=short_side, fps=info.get("window_fps") or windows_lib.DEFAULT_FPS)
+    return clips, warnings
+
   if num_frames is not None:
-    return VideoSource(ids, load, paths, info)
+    return VideoSource(ids, load, paths, info, load_windows=load_windows)
   return VideoSource(ids, load, paths, info,
-                     lambda f, p: files_source(files, info, num_frames=f, num_prompts=p))
+                     lambda f, p: files_source(files, info, num_frames=f, num_prompts=p),
+                     load_windows)
 
 
 def eval_clip(frames: Union[np.ndarray, SpreadFrames, frame_store.StoredVideo],

@@ -151,7 +151,7 @@ def write_index(path: str, ids: Sequence[str], embeddings, fingerprint: str,
                 source: Optional[str] = None, overwrite: bool = False,
                 thumbnails: Optional[Sequence[Optional[bytes]]] = None,
                 sources: Optional[Sequence[Optional[str]]] = None,
-                sync: Optional[Mapping[str, Any]] = None) -> dict:
+                sync: Optional[Mapping[str, Any]] = None, windows=None) -> dict:
   """Writes a new index directory.
 
   Args:
@@ -166,6 +166,7 @@ def write_index(path: str, ids: Sequence[str], embeddings, fingerprint: str,
     thumbnails, sources: N JPEG strips and N source video paths (None entries allowed);
       see `ps_jax.retrieval.media`. The media files are always written (empty if None).
     sync: the folder state to commit with the rows (SYNC_FILE), or None (none kept).
+    windows: N (video id, start, end) of window rows, or None (whole videos).
 
   Returns:
     The meta.json content written.
@@ -192,7 +193,10 @@ def write_index(path: str, ids: Sequence[str], embeddings, fingerprint: str,
     os.fsync(f.fileno())
   commit_lib.write_json(os.path.join(path, META_FILE + _NEW), meta)
   none = [None] * len(ids)
-  media_lib.write_new(path, _NEW, None, len(ids), thumbnails or none, sources or none)
+  if windows is None and os.path.exists(os.path.join(path, media_lib.WINDOWS_FILE)):
+    windows = none  # the replaced index's windows go with it
+  media_lib.write_new(path, _NEW, None, len(ids), thumbnails or none, sources or none,
+                      windows)
   if sync is None and os.path.exists(os.path.join(path, SYNC_FILE)):
     sync = {"rows": {}, "skipped": {}}  # the replaced index's state goes with it
   _commit(path, _FILES + media_lib.FILES + _write_sync(path, sync))
@@ -201,7 +205,7 @@ def write_index(path: str, ids: Sequence[str], embeddings, fingerprint: str,
 
 def append_to_index(path: str, ids: Sequence[str], embeddings, fingerprint: str, *,
                     source: Optional[str] = None, thumbnails=None, sources=None,
-                    sync: Optional[Mapping[str, Any]] = None) -> dict:
+                    sync: Optional[Mapping[str, Any]] = None, windows=None) -> dict:
   """Appends rows to an existing index, atomically.
 
   Args:
@@ -212,6 +216,7 @@ def append_to_index(path: str, ids: Sequence[str], embeddings, fingerprint: str,
     source: recorded with the append in meta["appends"].
     thumbnails, sources: the new rows' media, as for `write_index` (None: none).
     sync: the folder state to commit with the rows (None: the index's is kept).
+    windows: the new rows' windows, as for `write_index`.
 
   Returns:
     The new meta.json content.
@@ -249,7 +254,7 @@ def append_to_index(path: str, ids: Sequence[str], embeddings, fingerprint: str,
   commit_lib.write_json(os.path.join(path, IDS_FILE + _NEW), index.ids + new_ids)
   commit_lib.write_json(os.path.join(path, META_FILE + _NEW), meta)
   names = media_lib.write_new(path, _NEW, load_media(path, index.meta["count"]),
-                              len(new_ids), thumbnails, sources)
+                              len(new_ids), thumbnails, sources, windows)
   _commit(path, _FILES + tuple(names) + _write_sync(path, sync))
   return meta
 

@@ -18,6 +18,12 @@ function paramsFromUrl() {
   return { q: (params.get("q") || "").trim(), k: params.get("k") || kSelect.value };
 }
 
+function clock(seconds) {
+  const s = Math.floor(seconds), h = Math.floor(s / 3600), m = Math.floor((s % 3600) / 60);
+  const ss = String(s % 60).padStart(2, "0");
+  return h ? `${h}:${String(m).padStart(2, "0")}:${ss}` : `${m}:${ss}`;
+}
+
 function card(result, rank) {
   const figure = document.createElement("figure");
   figure.className = "result";
@@ -37,6 +43,13 @@ function card(result, rank) {
   score.className = "score";
   score.textContent = result.score.toFixed(3);
   caption.append(id, score);
+  if (result.start !== null && result.start !== undefined) {
+    const when = document.createElement("span");
+    when.className = "when";
+    when.textContent = `${clock(result.start)}\u2013${clock(result.end)}`;
+    figure.dataset.start = String(result.start);
+    caption.insertBefore(when, score);
+  }
   figure.append(img, caption);
   const open = () => openPlayer(result);
   figure.addEventListener("click", open);
@@ -66,7 +79,14 @@ async function search(q, k) {
   }
 }
 
+let moment = null;  // {start, end} of the result playing, or null for a whole video
+video.addEventListener("loadedmetadata", () => { if (moment) video.currentTime = moment.start; });
+video.addEventListener("timeupdate", () => {
+  if (moment && video.currentTime >= moment.end) { video.pause(); video.currentTime = moment.start; }
+});
+
 function stopPlayer() {
+  moment = null;
   if (animation) { clearInterval(animation); animation = null; }
   video.pause();
   video.removeAttribute("src");
@@ -75,13 +95,17 @@ function stopPlayer() {
 
 function openPlayer(result) {
   stopPlayer();
-  $("player-title").textContent = result.id;
+  const isMoment = result.start !== null && result.start !== undefined;
+  $("player-title").textContent = isMoment ?
+    `${result.video_id}  ${clock(result.start)}\u2013${clock(result.end)}` : result.id;
   const note = $("player-note");
   if (result.video) {
     canvas.hidden = true;
     video.hidden = false;
-    note.textContent = "";
-    video.src = result.video;
+    note.textContent = isMoment ? "Plays the moment found, from its start to its end." : "";
+    moment = isMoment ? { start: result.start, end: result.end } : null;
+    video.loop = !isMoment;
+    video.src = isMoment ? `${result.video}#t=${result.start},${result.end}` : result.video;
     video.play().catch(() => { note.textContent = "Press play to start the video."; });
   } else {
     video.hidden = true;
