@@ -422,7 +422,9 @@ def test_benchmark_runs_at_smallest_size(script, args, check):
 # Smoke-tested where their fixtures are (a trained model): script -> (test file, test).
 ELSEWHERE = {"bench_serve.py": ("test_serve.py", "def test_bench_serve_runs_end_to_end("),
              "bench_official.py": ("test_benchmarks.py",
-                                   "def test_bench_official_runs_against_a_stand_in_checkout(")}
+                                   "def test_bench_official_runs_against_a_stand_in_checkout("),
+             "bench_moments.py": ("test_benchmarks.py",
+                                  "def test_bench_moments_runs_on_a_tiny_model(")}
 
 
 def test_every_benchmark_script_is_smoke_tested():
@@ -494,3 +496,61 @@ def test_profile_step_prints_thunk_costs_by_category(tmp_path):
   rows = markdown_table(out, "| top thunks |")
   assert len(rows) == 5 and all(num(r["ms/step"]) >= 0 for r in rows)
   assert num(rows[0]["ms/step"]) > 0
+
+
+def check_moments(out: str) -> None:
+  assert re.search(r"^2 long videos of 4 events each, 8\.0 s per video on average, 16\.0 s",
+                   out, re.M), out
+  percent = lambda cell: 0 <= num(cell) <= 100
+  for marker, extra in (("### Within the query's own video", ["mIoU"]),
+                        ("### Over the whole corpus",
+                         [f"R@{n} IoU=0.5, any event so described" for n in (1, 5)])):
+    rows = markdown_table(out, marker)
+    assert [r["config"] for r in rows] == ["`demo`", "chance (random scores)"], rows
+    for r in rows:
+      for n in (1, 5):
+        for m in (0.3, 0.5, 0.7):
+          assert percent(r[f"R@{n} IoU={m}"]), r
+        assert all(percent(r[c]) for c in extra), r
+      assert num(r["R@1 IoU=0.7"]) <= num(r["R@1 IoU=0.3"]) <= num(r["R@5 IoU=0.3"]), r
+  rows = markdown_table(out, "### Order: the time-reversed twin")
+  assert all(percent(c) for r in rows for k, c in r.items() if k not in ("config", "seeds"))
+  rows = markdown_table(out, "### Per seed")
+  assert [(r["config"], r["seed"]) for r in rows] == [("`demo`", "0")], rows
+  assert re.search(r"lists with fewer than k=5 moments per seed `demo` \[\d+\]", out), out
+  rows = markdown_table(out, "### Window and stride")
+  assert [(r["W s"], r["S s"], r["rows"]) for r in rows] == [("2", "1", "14")], rows
+  rows = markdown_table(out, "### Costs")
+  assert [r["index"] for r in rows] == ["windows W=2 s, S=1 s, 2 videos",
+                                        "whole videos, 2 videos"], rows
+  assert [r["rows"] for r in rows] == ["14", "2"], rows
+  for r in rows:
+    for column in ("rows per hour of video", "index bytes per hour of video", "videos/s",
+                   "x real time", "process wall s"):
+      positive(r[column])
+  rows = markdown_table(out, "### Query latency at 2,000 window rows")
+  assert rows[0]["rows"] == "2,000" and rows[0]["k (rows fetched)"] == "10 (40)", rows
+  for column in ("search_moments p50 ms", "Searcher.search p50 ms", "distinct p50 ms"):
+    positive(rows[0][column])
+
+
+def test_bench_moments_runs_on_a_tiny_model(tmp_path):
+  """Two long videos of four tiny moving_shapes events, a random tiny HF CLIP as the one
+  model (ROOT/demo/seed0), one (W, S), costs without the copied folder, 2,000 rows."""
+  from test_folder_index import write_folder_model  # pylint: disable=import-outside-toplevel
+  write_folder_model(str(tmp_path / "root" / "demo" / "seed0"))
+  results = tmp_path / "moments.md"
+  out = run_benchmark("bench_moments.py", [
+      "--root", str(tmp_path / "root"), "--configs", "demo", "--seeds", "0", "--work",
+      str(tmp_path / "work"), "--size", "tiny", "--videos", "2", "--events", "4",
+      "--event_s", "2", "--event_jitter", "0", "--fps", "4", "--window", "2:1", "--sweep", "2:1",
+      "--cost_copies", "0", "--latency_rows", "2000", "--latency_calls", "2",
+      "--index_args=--num_prompts 2 --num_frames 4 --tokenizer moving_shapes "
+      "--batch_size 2 --num_workers 1", "--results", str(results)])
+  check_moments(out)
+  lines = results.read_text(encoding="utf-8").splitlines()
+  assert lines[2].startswith("`python benchmarks/bench_moments.py --root "), lines[:3]
+  commit = next(l for l in lines if l.startswith("Commit: "))
+  assert re.fullmatch(r"Commit: .+; date: 20\d\d-\d\d-\d\d; host: \S.*", commit), commit
+  assert any(l.startswith("Load averages (1, 5, 15 min): ") and "jax " in l for l in lines)
+  check_moments("\n".join(lines))
