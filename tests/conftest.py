@@ -66,6 +66,27 @@ def tiny_hf_clip_real_vocab_config(max_len: int):
   return transformers.CLIPConfig(**cfg)
 
 
+REAL_VOCAB_MAX_LEN = 32  # paragraphs run longer: every one is truncated, EOS kept
+
+
+@pytest.fixture(scope="session")
+def real_vocab_clip_dir(tmp_path_factory):
+  """A tiny random HF CLIP with CLIP's vocabulary (REAL_VOCAB_MAX_LEN text positions)
+  and CLIP's own tokenizer files: the model of the real-annotation end-to-end tests."""
+  import torch  # pylint: disable=g-import-not-at-top
+  import transformers  # pylint: disable=g-import-not-at-top
+
+  from ps_jax import tokenizer as tokenizer_lib  # pylint: disable=g-import-not-at-top
+
+  out = str(tmp_path_factory.mktemp("real_vocab_clip"))
+  torch.manual_seed(0)
+  transformers.CLIPModel(tiny_hf_clip_real_vocab_config(REAL_VOCAB_MAX_LEN)).save_pretrained(
+      out, safe_serialization=True)
+  tokenizer_lib.write_clip_tokenizer_files(
+      str(SHARED_DATA / "clip" / "bpe_simple_vocab_16e6.txt.gz"), out)
+  return out
+
+
 def randomize_torch_module(module, seed: int, std: float = 0.05) -> None:
   """Gives every parameter random values (biases and LayerNorm scales included).
 

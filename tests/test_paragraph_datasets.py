@@ -10,30 +10,20 @@ import sys
 
 import numpy as np
 import pytest
-import torch
-import transformers
 
-from conftest import REPO, SHARED_DATA, tiny_hf_clip_real_vocab_config
-from ps_jax import tokenizer as tokenizer_lib
+from conftest import REAL_VOCAB_MAX_LEN, REPO, SHARED_DATA
 from ps_jax.data import annotations as A
 from ps_jax.data import builders
 from ps_jax.data import prepare as P
 from ps_jax.data import video as V
 
 ANET, DIDEMO = SHARED_DATA / "activitynet", SHARED_DATA / "didemo"
-MAX_LEN = 32  # paragraphs run longer: every query here is truncated, EOS kept
+MAX_LEN = REAL_VOCAB_MAX_LEN
 
 
 @pytest.fixture(scope="module")
-def clip_dir(tmp_path_factory):
-  """A tiny random HF CLIP with CLIP's vocabulary and its tokenizer files."""
-  out = str(tmp_path_factory.mktemp("anet_clip"))
-  torch.manual_seed(0)
-  transformers.CLIPModel(tiny_hf_clip_real_vocab_config(MAX_LEN)).save_pretrained(
-      out, safe_serialization=True)
-  tokenizer_lib.write_clip_tokenizer_files(
-      str(SHARED_DATA / "clip" / "bpe_simple_vocab_16e6.txt.gz"), out)
-  return out
+def clip_dir(real_vocab_clip_dir):
+  return real_vocab_clip_dir
 
 
 def _write_clip(path, seed, frames=30):
@@ -74,11 +64,18 @@ def test_activitynet_prepare_train_test(tmp_path, clip_dir):
                 anno_dir=str(ANET), short_side=32, progress=False)
   assert s.written == {"train": 4, "test": 3}
   not_train = [v for v in train_ids if v not in train]
+  moments = {v.video_id: v for vs in A.activitynet_moment_splits(str(ANET))[0].values()
+             for v in vs}
+  said = lambda ids: sum(len(moments[v].sentences) for v in ids)  # pylint: disable=unnecessary-lambda-assignment
   assert s.protocol_differences == [
       "activitynet/val1-paragraph train: 4 of 10007 videos present, 4 of 10007 queries; "
       "not prepared (10003): " + ", ".join(not_train[:5]) + ", ...",
       "activitynet/val1-paragraph test: 3 of 4916 videos present, 3 of 4916 queries; "
-      "not prepared (4913): " + ", ".join(v.video_id for v in splits["test"][3:8]) + ", ..."]
+      "not prepared (4913): " + ", ".join(v.video_id for v in splits["test"][3:8]) + ", ...",
+      f"activitynet/moments train: 4 of 10007 videos present, {said(train)} of 37414 "
+      "sentences",
+      f"activitynet/moments test: 3 of 4916 videos present, {said(test)} of 17500 "
+      "sentences"]
   val = builders.load_split(str(tmp_path / "data"), "activitynet", "val")
   assert val.video_ids == train[3:]
   paragraph = dict((v.video_id, v.captions) for v in splits["test"])[test[0]]

@@ -155,13 +155,19 @@ def test_an_edited_annotation_file_is_reported_as_such(tmp_path):
   s = P.prepare("activitynet", out_dir=str(tmp_path / "out"),
                 video_dir=str(tmp_path / "videos"), anno_dir=str(anno), progress=False)
   assert s.written == {"train": 1, "test": 1} and s.protocol == "activitynet/val1-paragraph"
+  said = {v.video_id: len(v.sentences)
+          for vs in A.activitynet_moment_splits(str(ANET))[0].values() for v in vs}
   assert s.protocol_differences == [
       "activitynet/val1-paragraph train: 1 of 10007 videos present, 1 of 10007 queries; "
       f"not prepared (10006): {', '.join(train_ids[1:6])}, ...",
       "activitynet/val1-paragraph test: 99 videos, the protocol has 4916 (missing 4817) "
       "in the annotation files (wrong or edited file?)",
       "activitynet/val1-paragraph test: 99 queries, the protocol has 4916 (missing 4817) "
-      "in the annotation files (wrong or edited file?)"]
+      "in the annotation files (wrong or edited file?)",
+      f"activitynet/moments train: 1 of 10007 videos present, {said[train_ids[0]]} of "
+      "37414 sentences",
+      f"activitynet/moments test: 1 of 4916 videos present, {said[val_ids[0]]} of 17500 "
+      "sentences"]
   assert s.protocol_lines()[0].startswith("protocol activitynet/val1-paragraph differs: ")
   report = [json.loads(l) for l in open(s.report_path)]
   not_annotated = [r for r in report if r["status"] == "not_annotated"]
@@ -193,6 +199,6 @@ def test_readme_dataset_table_is_the_protocols():
       elif cell.startswith("hold-out"):
         assert split not in protocol.splits, (name, split)
   assert seen == {"msrvtt/9k", "msvd/multi-caption", "lsmdc/1k",
-                  "activitynet/val1-paragraph", "didemo/test-paragraph",
-                  "moving_shapes/demo"}
-  assert len(rows) == 6
+                  "activitynet/val1-paragraph", "activitynet/moments",
+                  "didemo/test-paragraph", "moving_shapes/demo"}
+  assert len(rows) == 7

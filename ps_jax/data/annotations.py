@@ -299,6 +299,64 @@ def activitynet_splits(anno_dir: str) -> tuple[dict[str, list[VideoCaptions]],
   return splits, dropped
 
 
+@dataclasses.dataclass(frozen=True)
+class VideoMoments:
+  """One video's sentences and the [start, end] seconds each describes."""
+  video_id: str
+  duration: float
+  sentences: tuple[str, ...]
+  spans: tuple[tuple[float, float], ...]
+
+
+def read_activitynet_moments(path: str) -> tuple[dict[str, VideoMoments], int]:
+  """An ActivityNet Captions file as moments: ({video_id: VideoMoments}, spans dropped).
+
+  Each sentence keeps its own timestamp pair, put in order (start <= end) and clipped to
+  [0, duration] (a few end past the video: 29 of train.json's, 5 of val_1.json's); a
+  sentence whose span is then empty (2 in train.json) is dropped and counted. Sentences
+  are stripped of the leading space ActivityNet's have.
+  """
+  data = _load_json(path)
+  if not isinstance(data, dict):
+    raise AnnotationError(f"{path!r} must map video ids to {{'duration', 'timestamps', "
+                          "'sentences'}}")
+  out, dropped = {}, 0
+  for video_id, entry in data.items():
+    try:
+      duration = float(entry["duration"])
+      pairs = [(float(a), float(b)) for a, b in entry["timestamps"]]
+      sentences = list(entry["sentences"])
+    except (KeyError, TypeError, ValueError) as e:
+      raise AnnotationError(f"{path!r}: {video_id!r} needs 'duration', 'timestamps' "
+                            f"([start, end] pairs) and 'sentences' ({e})") from e
+    if len(pairs) != len(sentences) or not duration > 0:
+      raise AnnotationError(f"{path!r}: {video_id!r} has {len(pairs)} timestamps for "
+                            f"{len(sentences)} sentences and duration {duration}")
+    kept_s, kept_t = [], []
+    for (a, b), text in zip(pairs, sentences):
+      a, b = max(0.0, min(a, b)), min(duration, max(a, b))
+      if b <= a or not str(text).strip():
+        dropped += 1
+        continue
+      kept_s.append(str(text).strip())
+      kept_t.append((a, b))
+    out[video_id] = VideoMoments(video_id, duration, tuple(kept_s), tuple(kept_t))
+  return out, dropped
+
+
+def activitynet_moment_splits(anno_dir: str) -> tuple[dict[str, list[VideoMoments]],
+                                                       dict[str, int]]:
+  """The `activitynet/moments` splits {"train", "test"}: the videos of the paragraph
+  splits (`activitynet_splits`: list file ids with sentences), each sentence a query
+  with its span; and per split the spans dropped (`read_activitynet_moments`)."""
+  splits, dropped = {}, {}
+  for split, (list_name, captions_name) in ANET_FILES.items():
+    ids = _read_json_id_list(os.path.join(anno_dir, list_name))
+    videos, dropped[split] = read_activitynet_moments(os.path.join(anno_dir, captions_name))
+    splits[split] = [videos[v] for v in ids if v in videos and videos[v].sentences]
+  return splits, dropped
+
+
 def read_didemo(path: str) -> list[VideoCaptions]:
   """Reads a DiDeMo file (`{train,val,test}_data.json`: a list of {"video",
   "description", ...}) -> one paragraph per video: its descriptions in file order,

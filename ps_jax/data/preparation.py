@@ -209,6 +209,12 @@ def _already_prepared(version_dir, source, dataset, report_path, summary_path, s
         f"{existing.get('settings')}, not {source.settings}; use another --out_dir or "
         "delete that directory")
   written = {s: len(p["video_ids"]) for s, p in existing["physical"].items()}
+  for name, text in source.extra_files.items():
+    path = os.path.join(version_dir, name)
+    if not os.path.exists(path):  # a sidecar added since: the records are not touched
+      with open(path + ".tmp", "w", encoding="utf-8") as f:
+        f.write(text)
+      os.replace(path + ".tmp", path)
   summary = PrepareSummary(dataset, version_dir, written, 0, {}, 0, 0, 0, report_path,
                            time.time() - start, already_prepared=True)
   if os.path.isfile(summary_path):
@@ -434,6 +440,7 @@ def prepare(dataset: str, *, out_dir: str, video_dir: str | None = None,
     report.close()
 
   protocol, differences = sources.protocol_differences(source, plan)
+  differences += sources.moment_differences(source, plan)
   summary = PrepareSummary(dataset=dataset, version_dir=version_dir,
                            written={s: len(v) for s, v in plan.items() if v},
                            skipped=sum(report.skipped.values()),

@@ -16,6 +16,8 @@ counts it actually ran on ("995 of 1000 test videos present").
                                 keeps all 1,000 clips, where the official loader skips
                                 1012_Unbreakable_00.05.16.065-00.05.21.941 (999)
   activitynet/val1-paragraph    paragraphs; test = val_ids.json with val_1.json
+  activitynet/moments           moments: each sentence a query, its ground truth the
+                                [start, end] it describes in its video (same videos)
   didemo/test-paragraph         paragraphs; val / test = {val,test}_data.json
   moving_shapes/<size>          the synthetic benchmark
 
@@ -51,6 +53,8 @@ class Protocol:
     splits: the prepared (physical) splits and their expected counts. Validation
       hold-outs carved from "train" are not listed: their size is a prepare setting.
     notes: where the counts differ from the ones quoted in papers, and why.
+    kind: "videos" (a query retrieves videos) or "moments" (a query retrieves a span of
+      time of a video: `ps_jax.moment_eval`).
   """
   name: str
   dataset: str
@@ -58,6 +62,7 @@ class Protocol:
   files: tuple[str, ...]
   splits: Mapping[str, SplitCounts]
   notes: str = ""
+  kind: str = "videos"
 
 
 _MSRVTT_TEST = SplitCounts(1000, 1000)
@@ -89,6 +94,17 @@ PROTOCOLS = {p.name: p for p in (
              "official code (like CLIP4Clip) evaluates the 4,916 ids of val_ids.json that "
              "val_1.json annotates. train_ids.json lists 10,022 ids, 10,007 of them "
              "annotated in train.json. Papers quote 4,917 (val_1.json) and 10,009."),
+    Protocol("activitynet/moments", "activitynet",
+             "one sentence; its ground truth the [start, end] seconds of val_1.json "
+             "(train.json) it describes, in its own video (within video) or among all "
+             "the split's videos (corpus)",
+             ("train_ids.json", "train.json", "val_ids.json", "val_1.json"),
+             {"train": SplitCounts(10007, 37414), "test": SplitCounts(4916, 17500)},
+             "the videos of activitynet/val1-paragraph, every sentence with its own "
+             "timestamps (ordered, clipped to the video's duration; train.json's 2 empty "
+             "spans dropped). Papers quote 37,421 training and 17,505 val_1 moments: every "
+             "sentence of train.json (10,009 videos) and val_1.json (4,917), the id "
+             "lists not applied.", kind="moments"),
     Protocol("didemo/test-paragraph", "didemo",
              "a paragraph: all descriptions of the video joined in file order, truncated "
              "to the text context (77 CLIP tokens, EOS kept)",
@@ -128,9 +144,14 @@ def for_dataset(dataset_name: str) -> Optional[Protocol]:
   without one (custom, synthetic). "msrvtt" alone means its default, "msrvtt/9k"."""
   name = {"msrvtt": "msrvtt/9k"}.get(dataset_name, dataset_name)
   for protocol in PROTOCOLS.values():
-    if protocol.dataset == name:
+    if protocol.dataset == name and protocol.kind == "videos":
       return protocol
   return None
+
+
+def moment_protocols(dataset_name: str) -> list[Protocol]:
+  """The moment protocols of a prepared dataset name (activitynet: activitynet/moments)."""
+  return [p for p in PROTOCOLS.values() if p.dataset == dataset_name and p.kind == "moments"]
 
 
 @dataclasses.dataclass(frozen=True)

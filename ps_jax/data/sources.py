@@ -67,7 +67,7 @@ def load_source(dataset, anno_dir, video_dir, split_protocol, holdout_size, hold
                 for s, items in splits.items() if items}
     settings |= {"source": "files"}
     return Source(dataset, "custom", physical, None, settings, None, extra)
-  dropped = []
+  dropped, extra = [], {}
   if dataset == "msrvtt":
     physical = anno_lib.msrvtt_splits(anno_dir, split_protocol)
     config = split_protocol
@@ -78,6 +78,7 @@ def load_source(dataset, anno_dir, video_dir, split_protocol, holdout_size, hold
   elif dataset == "activitynet":
     physical, dropped = anno_lib.activitynet_splits(anno_dir)
     config = None
+    extra = {MOMENTS_FILE: moments_file(anno_dir)}
   elif dataset == "didemo":
     physical = anno_lib.didemo_splits(anno_dir)
     config = None
@@ -92,7 +93,42 @@ def load_source(dataset, anno_dir, video_dir, split_protocol, holdout_size, hold
                          f"training videos of {dataset}")
     holdout_ids = anno_lib.holdout_split(train_ids, holdout_size, holdout_seed)[1]
     settings |= {"holdout_size": holdout_size, "holdout_seed": holdout_seed}
-  return Source(dataset, config, physical, holdout_ids, settings, dropped=dropped)
+  return Source(dataset, config, physical, holdout_ids, settings, dropped=dropped,
+                extra_files=extra)
+
+
+MOMENTS_FILE = "moments.json"  # beside a prepared dataset with a moment protocol
+
+
+def moments_file(anno_dir: str) -> str:
+  """The text of `moments.json`: per physical split {video_id: {"duration", "sentences",
+  "spans"}} of ActivityNet Captions (`annotations.activitynet_moment_splits`)."""
+  splits, dropped = anno_lib.activitynet_moment_splits(anno_dir)
+  return json.dumps({
+      "format": 1, "protocol": "activitynet/moments", "dropped_spans": dropped,
+      "splits": {split: {v.video_id: {"duration": v.duration, "sentences": list(v.sentences),
+                                      "spans": [list(t) for t in v.spans]} for v in videos}
+                 for split, videos in splits.items()}})
+
+
+def moment_differences(source: Source, written) -> list[str]:
+  """How the written videos of each split ({split: [VideoCaptions or PlannedVideo]}) and
+  their sentences differ from the dataset's moment protocols (empty when they agree or
+  there is none)."""
+  if MOMENTS_FILE not in source.extra_files:
+    return []
+  moments = json.loads(source.extra_files[MOMENTS_FILE])["splits"]
+  lines = []
+  name = protocols_lib.dataset_name(source.name, source.config)
+  for protocol in protocols_lib.moment_protocols(name):
+    for split, want in protocol.splits.items():
+      have = [moments[split][v.video_id] for v in written.get(split, [])
+              if v.video_id in moments.get(split, {})]
+      got = protocols_lib.SplitCounts(len(have), sum(len(m["sentences"]) for m in have))
+      if got != want:
+        lines.append(f"{protocol.name} {split}: {got.videos} of {want.videos} videos "
+                     f"present, {got.queries} of {want.queries} sentences")
+  return lines
 
 
 def protocol_differences(source: Source, written: dict[str, list[anno_lib.VideoCaptions]]
