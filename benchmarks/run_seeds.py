@@ -166,8 +166,9 @@ def print_summary(results: dict, seeds: Sequence[int], markdown: bool) -> None:
 
 
 # Fields that cannot change a training result, so they do not count towards the digest:
-# published numbers printed beside ours, and the settings of `--mode compile`.
-REPORT_ONLY_FIELDS = ("reference", "compile")
+# published numbers printed beside ours, the settings of `--mode compile`, and the moment
+# evaluation (`ps_jax.moment_eval`, run after training on the selected checkpoint).
+REPORT_ONLY_FIELDS = ("reference", "compile", "moments")
 
 
 def config_digest(path: str) -> str:

@@ -125,6 +125,12 @@ def base_config() -> ml_collections.ConfigDict:
       "search_k": 100,           # results per query (the service's maximum)
   })
 
+  # Moments (ps_jax.moment_eval): windows "W:S,W:S" (seconds) index each video as windows
+  # of time at every scale (`--mode index`, and `--mode eval` of a moment protocol);
+  # protocol: a moment protocol of the dataset ("activitynet/moments"): `--mode eval`
+  # then ranks windows for each sentence (R@n at IoU m, within its video and corpus).
+  c.moments = ml_collections.ConfigDict({"windows": "", "protocol": ""})
+
   c.checkpoint = ml_collections.ConfigDict({"every_steps": 500, "keep": 2, "async_save": True})
   c.log_every_steps = 20
   c.eval_every_steps = -1         # > 0: every N steps; -1: evals_per_epoch times an epoch

@@ -1,7 +1,8 @@
 """Command line: `python -m ps_jax.main --config configs/<name>.py --workdir DIR`.
 
 Modes: train (periodic validation, final test of the selected checkpoint), eval (a
-workdir checkpoint, or config.model.init_from zero-shot), index (embed every video
+workdir checkpoint, or config.model.init_from zero-shot; with config.moments.protocol
+the moment protocol instead, `ps_jax.moment_eval`), index (embed every video
 of a split once into a search index, `ps_jax.index_videos`; then `python -m
 ps_jax.search --index <workdir>/index_test --query "..."`) and compile (the run's
 programs compiled for a TPU slice on this machine, `--config.compile.topology=v5p-128`:
@@ -13,8 +14,8 @@ first (auto-detected on TPU VMs and SLURM, or from the --coordinator_address /
 JAX_PROCESS_ID environment variables).
 launch/ has the scripts that start it on a TPU pod, a SLURM cluster or one machine.
 
-Layer: front end (thin: flags, then `train`, `evaluate`, `retrieval.build` or
-`compile_check`).
+Layer: front end (thin: flags, then `train`, `evaluate`, `moment_eval`,
+`retrieval.build` or `compile_check`).
 """
 
 import sys
@@ -26,7 +27,7 @@ from ml_collections import config_flags
 import jax
 
 from ps_jax import aot, checkpoints, compile_check, distributed, evaluate, experiment
-from ps_jax import runtime, train
+from ps_jax import moment_eval, runtime, train
 from ps_jax.data import builders
 from ps_jax.retrieval import build
 from ps_jax.retrieval.model import ModelLoadError
@@ -80,10 +81,16 @@ def main(argv):
   # Our own progress goes to stdout; keep library INFO chatter (orbax, grain) out of it.
   absl_logging.set_verbosity(absl_logging.WARNING)
   try:
+    moments = bool(config.get("moments", {}).get("protocol"))
     if _MODE.value == "train":
       train.train_and_evaluate(config, _WORKDIR.value)
+      if moments:  # the selected checkpoint on the moment protocol too
+        moment_eval.evaluate_moments(config, _WORKDIR.value)
     elif _MODE.value == "eval":
-      evaluate.evaluate_only(config, _WORKDIR.value)
+      if moments:
+        moment_eval.evaluate_moments(config, _WORKDIR.value)
+      else:
+        evaluate.evaluate_only(config, _WORKDIR.value)
     else:
       build.index_from_config(config, _WORKDIR.value, split=_INDEX_SPLIT.value,
                               out=_INDEX_DIR.value, append=_INDEX_APPEND.value)

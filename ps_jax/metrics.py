@@ -316,3 +316,51 @@ def write_metrics_json(path: str, step: int, num_videos: int, num_texts: int,
   fileio.makedirs(fileio.as_path(path).parent)
   fileio.write_json(path, record)
   return record
+
+
+# ----------------------------------------------------------------------------- moments
+# Moment retrieval (a sentence -> the span of time of a video it describes), in the form
+# of the temporal grounding literature: R@n at IoU m is the percent of queries with at
+# least one of their n best moments at temporal IoU >= m with the ground truth (and, over
+# a corpus, in the right video); mIoU the mean IoU of the best moment.
+
+MOMENT_RANKS = (1, 5)
+MOMENT_IOUS = (0.3, 0.5, 0.7)
+
+Moment = tuple  # (video id, start seconds, end seconds)
+
+
+def temporal_iou(a: tuple[float, float], b: tuple[float, float]) -> float:
+  """IoU of two [start, end] spans of time (0 when they do not overlap)."""
+  inter = min(a[1], b[1]) - max(a[0], b[0])
+  if inter <= 0:
+    return 0.0
+  return inter / (max(a[1], b[1]) - min(a[0], b[0]))
+
+
+def moment_recalls(found, targets, ranks=MOMENT_RANKS, ious=MOMENT_IOUS) -> dict[str, float]:
+  """{"R@n IoU=m": percent} of Q ranked lists of moments against Q target moments.
+
+  Args:
+    found: Q lists of (video, start, end), best first (fewer than n count as misses).
+    targets: Q (video, start, end) ground truths.
+  """
+  if len(found) != len(targets):
+    raise ValueError(f"{len(found)} ranked lists for {len(targets)} targets")
+  if not targets:
+    raise ValueError("no moment queries to score")
+  out = {}
+  for n in ranks:
+    for m in ious:
+      hit = [any(v == t[0] and temporal_iou((s, e), t[1:]) >= m for v, s, e in f[:n])
+             for f, t in zip(found, targets)]
+      out[f"R@{n} IoU={m}"] = 100.0 * float(np.mean(hit))
+  return out
+
+
+def mean_top_iou(found, targets) -> float:
+  """mIoU (percent): the IoU of each list's first moment with its target (0 when the
+  list is empty or its first moment is in another video)."""
+  return 100.0 * float(np.mean([
+      temporal_iou(f[0][1:], t[1:]) if f and f[0][0] == t[0] else 0.0
+      for f, t in zip(found, targets)]))

@@ -265,3 +265,20 @@ def test_raw_video_dir_skips_broken_files(trained, mp4_dir, tmp_path, capsys):
   rows = [raw.ids.index(v) for v in ref.ids]
   cos = np.sum(raw.embeddings[rows].astype(np.float32) * ref.embeddings.astype(np.float32), 1)
   assert cos.min() > 0.98, cos
+
+
+def test_windows_of_a_dataset_without_a_time_base_are_refused(trained, tmp_path):
+  """moving_shapes is prepared without --fps and has no moments.json: nothing tells
+  how many seconds a stored frame is, so windows of time are refused, naming the
+  dataset and the fix, and nothing is written."""
+  source = build.dataset_source(trained.root, DATASET, "test")
+  out = str(tmp_path / "idx")
+  with pytest.raises(build.IndexBuildError, match=r"no video of moving_shapes/tiny split "
+                     r"test .* has a duration to place windows in .*prepared without --fps"
+                     r".*prepare it with --fps 3\); nothing was written"):
+    build.build_index(out, source, model_path=trained.workdir, scales=[(2.0, 1.0)],
+                      progress=False)
+  assert not os.path.exists(out)
+  with pytest.raises(build.IndexBuildError, match="indexed whole, not appended"):
+    build.build_index(out, source, model_path=trained.workdir, scales=[(2.0, 1.0)],
+                      append=True, progress=False)

@@ -162,3 +162,20 @@ def test_json_record_and_table(tmp_path):
   assert "DSL" in lines[3] and "DSL" in lines[4]
   with pytest.raises(ValueError, match="lacks"):
     ev.metrics_to_json(0, 2, 2, {"t2v": metrics["t2v"]})
+
+
+def test_moment_recalls_and_temporal_iou_by_hand():
+  assert ev.temporal_iou((0, 10), (5, 15)) == pytest.approx(5 / 15)
+  assert ev.temporal_iou((0, 4), (4, 8)) == 0.0  # touching spans share nothing
+  assert ev.temporal_iou((2, 3), (0, 10)) == pytest.approx(0.1)
+  targets = [("a", 0.0, 10.0), ("b", 20.0, 30.0), ("c", 0.0, 4.0)]
+  found = [[("a", 0.0, 8.0), ("a", 20.0, 28.0)],      # IoU 0.8 first
+           [("a", 20.0, 30.0), ("b", 24.0, 34.0)],    # right span, wrong video; then 0.43
+           []]                                        # nothing found: a miss
+  r = ev.moment_recalls(found, targets)
+  assert r == pytest.approx({"R@1 IoU=0.3": 100 / 3, "R@1 IoU=0.5": 100 / 3,
+                             "R@1 IoU=0.7": 100 / 3, "R@5 IoU=0.3": 200 / 3,
+                             "R@5 IoU=0.5": 100 / 3, "R@5 IoU=0.7": 100 / 3})
+  assert ev.mean_top_iou(found, targets) == pytest.approx(80 / 3)
+  with pytest.raises(ValueError, match="2 ranked lists for 3 targets"):
+    ev.moment_recalls(found[:2], targets)

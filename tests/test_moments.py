@@ -46,6 +46,21 @@ def test_spans_cover_the_video_with_the_last_window_at_its_end():
   assert windows.row_id("clip", 1.25, 9.5) == "clip@1.25-9.5"
 
 
+def test_scales_parse_and_lay_out_windows_at_every_scale():
+  assert windows.parse_scales("4:2, 8:8") == [(4.0, 2.0), (8.0, 8.0)]
+  assert windows.spans_multi(10.0, [(4.0, 2.0), (8.0, 8.0)]) == [
+      (0, 4), (0, 8), (2, 6), (2, 10), (4, 8), (6, 10)]  # (2, 10): 8 s ends at the end
+  assert windows.spans_multi(3.0, [(4.0, 2.0), (8.0, 4.0)]) == [(0.0, 3.0)]  # one, once
+  with pytest.raises(windows.WindowError, match=r"config.moments.windows '4:8': --stride "
+                     r"\(8 s\) is larger than --window \(4 s\)"):
+    windows.parse_scales("2:1,4:8")
+  with pytest.raises(windows.WindowError, match=r"config.moments.windows: each scale is "
+                     r"W:S seconds .* got '16' in '16'"):
+    windows.parse_scales("16")
+  with pytest.raises(windows.WindowError, match=r"--scales '0.1:0.1': --window must be"):
+    windows.parse_scales("0.1:0.1", "--scales")
+
+
 def test_distinct_moments_drop_overlapping_windows_of_one_video():
   w = [("a", 0.0, 8.0), ("a", 4.0, 12.0), ("a", 8.0, 16.0), ("b", 0.0, 8.0), None]
   hits = [(1, 0.9), (0, 0.8), (3, 0.7), (2, 0.6), (4, 0.5)]

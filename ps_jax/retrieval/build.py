@@ -25,6 +25,7 @@ import ps_jax
 from ps_jax import checkpoints, experiment, reporting
 from ps_jax.data import tokenizers
 from ps_jax.retrieval import store
+from ps_jax.retrieval import windows as windows_lib
 from ps_jax.retrieval.embedding import Skipped, embed_source
 from ps_jax.retrieval.model import IndexModel, load_tokenizer, model_description
 from ps_jax.retrieval.sources import IndexBuildError, VideoSource, dataset_source
@@ -104,7 +105,8 @@ def build_index(out: str, source: VideoSource, imodel: Optional[IndexModel] = No
                 num_frames: Optional[int] = None, image_size: Optional[int] = None,
                 max_len: Optional[int] = None, tokenizer: Optional[str] = None,
                 dtype: str = "float16", batch_size: Optional[int] = None, mesh=None,
-                num_workers: Optional[int] = None, progress: bool = True) -> IndexSummary:
+                num_workers: Optional[int] = None, progress: bool = True,
+                scales: Optional[Sequence[tuple[float, float]]] = None) -> IndexSummary:
   """Embeds the videos of `source` and writes (or appends to) the index at `out`.
 
   Args:
@@ -119,10 +121,18 @@ def build_index(out: str, source: VideoSource, imodel: Optional[IndexModel] = No
       tokens); on append the index's (a different value is refused).
     dtype: storage dtype of a new index ("float16" or "float32").
     batch_size, mesh, num_workers, progress: see `embed_source`.
+    scales: [(window, stride)] seconds: index every video as windows of time at each
+      scale (`windows_lib.spans_multi`; needs `source.duration`), one row per window;
+      None: one row per video. A windowed index is built whole (no append).
 
   Returns:
-    IndexSummary (process 0 writes; every process returns the same counts).
+    IndexSummary (process 0 writes; every process returns the same counts; with
+    `scales` its `added` counts windows).
   """
+  if scales is not None and (append or source.duration is None):
+    raise IndexBuildError("windows of time (config.moments.windows) " + (
+        "are indexed whole, not appended to an index" if append else
+        f"need each video's duration, which {source.describe()} cannot tell"))
   existing = None
   has_index = os.path.exists(os.path.join(out, store.META_FILE))
   if append:
@@ -159,21 +169,34 @@ def build_index(out: str, source: VideoSource, imodel: Optional[IndexModel] = No
                 f"{num_frames} frames of {image_size} px, on {jax.device_count()} devices "
                 f"({jax.process_count()} processes)")
   source = source.narrowed(num_frames, max(imodel.model.config.num_prompts, 1))
+  spans, no_duration = None, []
+  if scales is not None:
+    positions, spans, no_duration = _plan_windows(source, positions, scales, num_workers)
+    if no_duration and not positions:
+      raise IndexBuildError(f"no video of {source.describe()} has a duration to place "
+                            f"windows in ({no_duration[0].video_id}: "
+                            f"{no_duration[0].detail}); nothing was written")
+    reporting.say(f"{len(positions)} windows at scales "
+                  + ", ".join(f"{w:g}:{st:g} s" for w, st in scales))
   result = embed_source(imodel, source, positions, mesh=mesh, batch_size=batch_size,
                         num_frames=num_frames, image_size=image_size,
-                        num_workers=num_workers, progress=progress)
+                        num_workers=num_workers, progress=progress, spans=spans)
+  result.skipped[:0] = no_duration
   run = _now()
   count = len(existing) if existing is not None else 0
   if jax.process_index() == 0:
     if result.ids:
       pos = {video_id: i for i, video_id in enumerate(source.ids)}
-      files = ([os.path.abspath(source.paths[pos[i]]) for i in result.ids]
+      videos = [w[0] for w in result.windows] if result.windows else result.ids
+      files = ([os.path.abspath(source.paths[pos[i]]) for i in videos]
                if source.paths else None)
+      info = source.describe()
       if existing is None:
         store.write_index(out, result.ids, result.embeddings, imodel.fingerprint,
                           _metadata(imodel, source, num_frames, image_size, max_len,
-                                    tokenizer), dtype, source=source.describe(),
-                          overwrite=overwrite, thumbnails=result.thumbnails, sources=files)
+                                    tokenizer, scales), dtype, source=info,
+                          overwrite=overwrite, thumbnails=result.thumbnails, sources=files,
+                          windows=result.windows)
         if os.path.exists(os.path.join(out, REPORT_FILE)):  # the replaced index's
           os.remove(os.path.join(out, REPORT_FILE))
       else:
@@ -194,18 +217,32 @@ def build_index(out: str, source: VideoSource, imodel: Optional[IndexModel] = No
   return summary
 
 
+def _plan_windows(source: VideoSource, positions: Sequence[int], scales, workers):
+  """(positions, spans, skipped): each video's position once per window of it, the
+  windows, and the videos whose duration could not be told (`Skipped`)."""
+  rows, failed = windows_lib.plan_spans(len(positions), lambda j: source.duration(
+      positions[j]), scales, workers or 4)
+  skipped = [Skipped(source.ids[positions[j]], None, e.reason, e.detail)
+             for j, e in sorted(failed.items())]
+  return [positions[j] for j, _ in rows], [span for _, span in rows], skipped
+
+
 def _now() -> str:
   return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
 
 
 def _metadata(imodel: IndexModel, source: VideoSource, num_frames: int, image_size: int,
-              max_len: int, tokenizer: str) -> dict:
-  """meta.json's "metadata" of a new index: what search needs to embed queries."""
+              max_len: int, tokenizer: str, scales=None) -> dict:
+  """meta.json's "metadata" of a new index: what search needs to embed queries (and
+  the window scales of a windowed one)."""
+  data = dict(source.info)
+  if scales is not None:
+    data["scales"] = [list(s) for s in scales]
   return {"model_path": imodel.path, "load_model_kwargs": imodel.load_kwargs,
           "model": model_description(imodel.model), "tokenizer": tokenizer,
           "max_len": max_len, "num_frames": num_frames, "image_size": image_size,
           "num_prompts": imodel.model.config.num_prompts, "frame_sampling": "uniform",
-          "data": source.info, "ps_jax_version": ps_jax.__version__}
+          "data": data, "ps_jax_version": ps_jax.__version__}
 
 
 def resolve_settings(imodel: IndexModel, recorded: dict, *, num_frames=None,
@@ -233,36 +270,56 @@ def resolve_settings(imodel: IndexModel, recorded: dict, *, num_frames=None,
   return num_frames, image_size, max_len, tokenizer
 
 
+def config_scales(config) -> Optional[list[tuple[float, float]]]:
+  """config.moments.windows as [(window, stride)] seconds; None when empty."""
+  text = config.get("moments", {}).get("windows", "")
+  try:
+    return windows_lib.parse_scales(text, "config.moments.windows") if text else None
+  except windows_lib.WindowError as e:
+    raise experiment.ConfigError(str(e)) from None
+
+
+def config_model(config, workdir: str) -> tuple[str, dict]:
+  """(model path, load kwargs) of a run: the workdir's selected checkpoint, else
+  config.model.init_from (zero-shot)."""
+  if checkpoints.has_model_file(workdir) and checkpoints.selected_checkpoint(workdir):
+    return workdir, {}
+  if config.model.init_from:
+    model_path, kwargs = config.model.init_from, experiment.model_options(config)
+    if not os.path.isdir(model_path):
+      tok = experiment.build_tokenizer(config)
+      kwargs["clip_config"] = experiment.clip_config_from(config, tok).to_hf_dict()
+    return model_path, kwargs
+  raise IndexBuildError(f"needs a checkpoint in {workdir!r} or config.model.init_from "
+                        "(HF CLIP weights or a .pth)")
+
+
 def index_from_config(config, workdir: str, *, split: Optional[str] = None,
-                      out: Optional[str] = None, append: bool = False) -> IndexSummary:
+                      out: Optional[str] = None, append: bool = False,
+                      overwrite: bool = False) -> IndexSummary:
   """`python -m ps_jax.main --mode index`: a split of the config's dataset, embedded by
   the workdir's model (its selected checkpoint; else config.model.init_from).
 
   Args:
     config: the experiment config; workdir: the training workdir.
     split: default config.data.test_split.
-    out: default <workdir>/index_<split>.
+    out: default <workdir>/index_<split> (index_<split>_moments with windows).
     append: add to an existing index (videos not yet in it).
+    overwrite: replace an index at `out`.
+  With config.moments.windows each video is indexed as windows of time at those scales.
   """
   experiment.validate_config(config)
+  scales = config_scales(config)
   split = split or config.data.test_split
-  out = out or os.path.join(workdir, f"index_{split}")
-  if not append and os.path.exists(os.path.join(out, store.META_FILE)):
+  out = out or os.path.join(workdir, f"index_{split}" + ("_moments" if scales else ""))
+  if not append and os.path.exists(os.path.join(out, store.META_FILE)) and not overwrite:
     raise IndexBuildError(f"{out!r} already holds an index: pass --index_append to add the "
                           "split's new videos to it, or another --index_dir")
   root = experiment.ensure_dataset(config, workdir)
-  if checkpoints.has_model_file(workdir) and checkpoints.selected_checkpoint(workdir):
-    model_path, kwargs = workdir, {}
-  elif config.model.init_from:
-    model_path, kwargs = config.model.init_from, experiment.model_options(config)
-    if not os.path.isdir(model_path):
-      tok = experiment.build_tokenizer(config)
-      kwargs["clip_config"] = experiment.clip_config_from(config, tok).to_hf_dict()
-  else:
-    raise IndexBuildError(f"--mode index needs a checkpoint in {workdir!r} or "
-                          "config.model.init_from (HF CLIP weights or a .pth)")
+  model_path, kwargs = config_model(config, workdir)
   summary = build_index(out, dataset_source(root, config.data.name, split),
                         model_path=model_path, load_kwargs=kwargs, append=append,
+                        overwrite=overwrite, scales=scales,
                         num_frames=None if append else config.data.eval_num_frames,
                         image_size=None if append else config.data.image_size,
                         max_len=None if append else config.data.max_len,

@@ -24,6 +24,7 @@ import tqdm
 from ps_jax import embed, sharding
 from ps_jax.data import video as video_lib
 from ps_jax.retrieval import media
+from ps_jax.retrieval import windows as windows_lib
 from ps_jax.retrieval.model import IndexModel
 from ps_jax.retrieval.sources import IndexBuildError, VideoSource, eval_clip
 
@@ -60,6 +61,7 @@ class EmbedResult:
   partial: list[tuple[str, list[str]]]
   seconds: float
   thumbnails: list = dataclasses.field(default_factory=list)
+  windows: Optional[list] = None  # per row (video id, start, end) of a windowed build
 
 
 def _work(source: VideoSource, position: int, num_frames: int, num_prompts: int,
@@ -257,7 +259,8 @@ def embed_batches(imodel: IndexModel, source: VideoSource, positions: Sequence[i
 def embed_source(imodel: IndexModel, source: VideoSource, positions: Sequence[int], *,
                  mesh=None, batch_size: Optional[int] = None, num_frames: int,
                  image_size: int, num_workers: Optional[int] = None,
-                 prefetch_batches: int = 2, progress: bool = True) -> EmbedResult:
+                 prefetch_batches: int = 2, progress: bool = True,
+                 spans: Optional[Sequence] = None) -> EmbedResult:
   """Embeds `source` videos at `positions` on every device of every process.
 
   Global batch t holds positions [t*G, (t+1)*G); process p decodes b = G / processes of
@@ -275,9 +278,11 @@ def embed_source(imodel: IndexModel, source: VideoSource, positions: Sequence[in
     num_frames: F, a multiple of the model's prompts; image_size: S.
     num_workers: decoding threads per process (default min(8, CPUs)).
     progress: a tqdm bar in videos/s on process 0.
+    spans: a (start, end) window per position (`embed_batches`); the result's ids are
+      then row ids `<video>@<start>-<end>` and `windows` holds each row's.
 
   Returns:
-    EmbedResult with float32[N, E] embeddings of the N videos that decoded.
+    EmbedResult with float32[N, E] embeddings of the N videos (windows) that decoded.
   """
   start = time.perf_counter()
   positions = list(positions)
@@ -285,16 +290,22 @@ def embed_source(imodel: IndexModel, source: VideoSource, positions: Sequence[in
   for batch in embed_batches(imodel, source, positions, mesh=mesh, batch_size=batch_size,
                              num_frames=num_frames, image_size=image_size,
                              num_workers=num_workers, prefetch_batches=prefetch_batches,
-                             progress=progress):
+                             progress=progress, spans=spans):
     done += batch.done
     skipped += [skip for _, skip in batch.skipped]
     partial += batch.partial
   ids = [source.ids[positions[slot]] for slot, _, _ in done]
+  windows = None
+  if spans is not None:
+    windows = [(video_id, *spans[slot]) for video_id, (slot, _, _) in zip(ids, done)]
+    ids = [windows_lib.row_id(*w) for w in windows]
+    seen = set()  # a video that failed is one skip, not one per window
+    skipped = [s for s in skipped if not (s.video_id in seen or seen.add(s.video_id))]
   dim = imodel.model.clip.projection_dim
   embeddings = (np.stack([e for _, e, _ in done]).astype(np.float32) if done
                 else np.zeros((0, dim), np.float32))
   return EmbedResult(ids, embeddings, skipped, partial, time.perf_counter() - start,
-                     [jpeg or None for _, _, jpeg in done])
+                     [jpeg or None for _, _, jpeg in done], windows)
 
 
 def _warn(message: str, bar=None) -> None:

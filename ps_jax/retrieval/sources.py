@@ -9,6 +9,7 @@ model.
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import threading
 from typing import Callable, Optional, Union
@@ -77,6 +78,8 @@ class VideoSource:
     load_windows: None, or (position, [(start, end)], F, P, S) -> (clips uint8[F, S, S,
       3] of those windows of the video, warnings), its frames decoded once
       (`ps_jax.retrieval.windows`).
+    duration: None, or position -> seconds of the video (raises VideoError when it
+      cannot be told), where windows go.
   """
   ids: list[str]
   load: Callable[[int], Loaded]
@@ -84,6 +87,7 @@ class VideoSource:
   info: dict
   for_clip: Optional[Callable[[int, int], "VideoSource"]] = None
   load_windows: Optional[Callable] = None
+  duration: Optional[Callable[[int], float]] = None
 
   def narrowed(self, num_frames: int, num_prompts: int) -> "VideoSource":
     """The source to embed F = `num_frames` frames of P = `num_prompts` with."""
@@ -119,7 +123,48 @@ def dataset_source(dataset_dir: str, dataset: str, split: str) -> VideoSource:
 
   info = {"kind": "dataset", "dataset_dir": os.path.abspath(dataset_dir), "dataset": dataset,
           "split": split, "version_dir": split_data.version_dir}
-  return VideoSource(list(split_data.video_ids), load, None, info)
+  fps = split_data.index.get("settings", {}).get("fps")
+  known = {}  # video id -> seconds of the annotations (moments.json), for native rates
+  if not fps:
+    for videos in read_moments(split_data.version_dir).values():
+      known.update((v, m["duration"]) for v, m in videos.items())
+
+  def rate(i: int, video: frame_store.StoredVideo) -> float:
+    """Source frames per second of video i: the prepared --fps, else its frames over its
+    annotated duration."""
+    if fps:
+      return float(fps)
+    video_id = split_data.video_ids[i]
+    if video_id not in known:
+      raise windows_lib.NoDurationError(
+          f"{split_data.version_dir} [{video_id}]", "the dataset was prepared without "
+          "--fps and no annotation gives this video's duration, so windows of time cannot "
+          "be placed in it: prepare it with --fps 3")
+    return video.num_source_frames / known[video_id]
+
+  def duration(i: int) -> float:
+    video = load(i).frames
+    return video.num_source_frames / rate(i, video)
+
+  def load_windows(i: int, spans, f: int, p: int, image_size: int):
+    video = load(i).frames
+    picks = windows_lib.window_frames(video.num_source_frames, spans, rate(i, video), f, p)
+    return [transforms.resize_center_crop(
+        video.take(sampling.nearest_stored(idx, video.frame_indices)), image_size)
+            for idx in picks], []
+
+  return VideoSource(list(split_data.video_ids), load, None, info,
+                     load_windows=load_windows, duration=duration)
+
+
+def read_moments(version_dir: str) -> dict:
+  """{split: {video_id: {"duration", "sentences", "spans"}}} of a prepared dataset's
+  moments.json (`ps_jax.data.sources.moments_file`), {} without one."""
+  path = os.path.join(version_dir, "moments.json")
+  if not os.path.isfile(path):
+    return {}
+  with open(path, encoding="utf-8") as f:
+    return json.load(f)["splits"]
 
 
 def video_dir_source(video_dir: str, frames_per_video: int = DEFAULT_FRAMES_PER_VIDEO,

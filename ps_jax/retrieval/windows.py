@@ -67,6 +67,28 @@ def spans(duration: float, window: float, stride: float) -> list[tuple[float, fl
   return out
 
 
+def parse_scales(text: str, field: str = "config.moments.windows") -> list[tuple[float, float]]:
+  """"W:S,W:S,..." (seconds) -> [(window, stride)], each checked (`check`); several
+  scales index every video at each (multi-scale windows, one row per window)."""
+  scales = []
+  for part in (p.strip() for p in text.split(",")):
+    try:
+      w, st = (float(x) for x in part.split(":"))
+    except ValueError:
+      raise WindowError(f"{field}: each scale is W:S seconds (e.g. '16:8,32:16'), got "
+                        f"{part!r} in {text!r}") from None
+    try:
+      scales.append((float(w), check(w, st)))
+    except WindowError as e:
+      raise WindowError(f"{field} {part!r}: {e}") from None
+  return scales
+
+
+def spans_multi(duration: float, scales) -> list[tuple[float, float]]:
+  """The windows of every (window, stride) scale of one video, sorted and distinct."""
+  return sorted({span for w, st in scales for span in spans(duration, w, st)})
+
+
 def row_id(video_id: str, start: float, end: float) -> str:
   return f"{video_id}@{start:.3f}".rstrip("0").rstrip(".") + f"-{end:.3f}".rstrip(
       "0").rstrip(".")
@@ -133,18 +155,24 @@ def decode_windows(path: str, window_spans: Sequence[tuple[float, float]], *,
 
 
 def plan_rows(paths: Sequence[str], window: float, stride: float, workers: int = 4):
-  """The windows of each video: ([(position, (start, end))] in video order, {position:
-  VideoError} of the videos whose duration could not be read)."""
+  """The windows of each video file: ([(position, (start, end))] in video order,
+  {position: VideoError} of the videos whose duration could not be read)."""
+  return plan_spans(len(paths), lambda i: duration(paths[i]), [(window, stride)], workers)
+
+
+def plan_spans(count: int, duration_of, scales, workers: int = 4):
+  """`plan_rows` for `count` videos whose duration_of(position) tells their seconds (or
+  raises VideoError), at every (window, stride) of `scales`."""
   import concurrent.futures  # pylint: disable=g-import-not-at-top
 
-  def one(path):
+  def one(i):
     try:
-      return spans(duration(path), window, stride), None
+      return spans_multi(duration_of(i), scales), None
     except video_lib.VideoError as e:
       return None, e
 
   with concurrent.futures.ThreadPoolExecutor(max(1, workers)) as pool:
-    found = list(pool.map(one, paths))
+    found = list(pool.map(one, range(count)))
   rows, failed = [], {}
   for pos, (video_spans, error) in enumerate(found):
     if error is not None:
