@@ -367,6 +367,17 @@ def check_search_hosts(out: str) -> None:
   assert "same ids and scores in both setups: True" in out
 
 
+def check_moment_windows(out: str) -> None:
+  rows = markdown_table(out, "| scales (W:S s) |")
+  assert [r["scales (W:S s)"] for r in rows] == ["16:8", "8:4,16:8"], rows
+  one, two = rows
+  assert num(two["windows"]) > num(one["windows"])  # a scale more adds its windows
+  for column in ("IoU>=0.3", "IoU>=0.5", "IoU>=0.7"):
+    assert 0 <= num(one[column]) <= num(two[column]) <= 100  # and can only raise the ceiling
+  assert num(one["IoU>=0.3"]) >= num(one["IoU>=0.5"]) >= num(one["IoU>=0.7"])
+  assert "activitynet/moments test: 20 videos," in out
+
+
 BENCHMARKS = [
     pytest.param("bench_index.py",
                  ["--max_videos", "2", "--batch_size", "2", "--num_workers", "1",
@@ -381,6 +392,8 @@ BENCHMARKS = [
     pytest.param("bench_matmul.py",
                  ["--rows", "64", "--width", "32", "--inner", "64", "--reps", "1"],
                  check_matmul, id="matmul"),
+    pytest.param("bench_moment_windows.py", ["--max_videos", "20", "--scales", "16:8;8:4,16:8"],
+                 check_moment_windows, id="moment_windows"),
     pytest.param("bench_pipeline.py",
                  ["--clips", "2", "--stored_short_side", "64", "--frames_per_video", "4",
                   "--image_size", "32", "--num_frames", "2", "--num_prompts", "2",
