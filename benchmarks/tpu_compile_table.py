@@ -25,14 +25,17 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import provenance  # noqa: E402  pylint: disable=g-import-not-at-top
 
 GiB = 2 ** 30
-# name -> (slice, config, overrides): 12 training frames, the config's own compute.
+# name -> (slice, config, overrides): 12 training frames, the config's own compute
+# (the ViT-L/14 rows on v5p-128 and v4-32 were compiled with its earlier remat).
 ROWS = {
     "b32-v5e-64": ("v5e-64", "msrvtt_vitb32", ()),
     "b32-v5p-128": ("v5p-128", "msrvtt_vitb32", ()),
     "b32-v4-32": ("v4-32", "msrvtt_vitb32", ()),
     "l14-v5e-64": ("v5e-64", "msrvtt_vitl14", ("--config.mesh.fsdp=8",)),
-    "l14-v5p-128": ("v5p-128", "msrvtt_vitl14", ("--config.mesh.fsdp=4",)),
-    "l14-v4-32": ("v4-32", "msrvtt_vitl14", ("--config.mesh.fsdp=4",)),
+    "l14-v5p-128": ("v5p-128", "msrvtt_vitl14", ("--config.mesh.fsdp=4",
+                                                "--config.model.remat_policy=dots_saveable")),
+    "l14-v4-32": ("v4-32", "msrvtt_vitl14", ("--config.mesh.fsdp=4",
+                                            "--config.model.remat_policy=dots_saveable")),
     "b16-v5e-64": ("v5e-64", "msrvtt_vitb16", ()),
     "b16-v5p-128": ("v5p-128", "msrvtt_vitb16", ()),
     "b16-v4-32": ("v4-32", "msrvtt_vitb16", ()),
@@ -77,9 +80,19 @@ NOTES = """
   its compute time), so the lean-step goal (compute-bound, MFU bound >= 50%) holds on
   none of them: v5p comes closest (74% of peak, but HBM time 376 ms against 310 ms of
   compute), v5e and v4 are at 40% and 45%.
-- Rows compile one after another in about 20 minutes each for ViT-B/32 here (three
-  compiles: two probes and the confirmation); the ViT-B/16 and ViT-L/14 rows are listed
-  as not compiled until their records are added.
+- ViT-L/14 first compiled with `remat dots_saveable` (every matmul output of the 24
+  layers kept for the backward pass, attention logits included): the probes put it at
+  10.8 GiB a video per chip on v5p (fsdp=4), 12.4 GiB on v4 (fsdp=4) and 24.4 GiB on
+  v5e (fsdp=8), so 5 videos per chip fit on v5p-128, 1 on v4-32 and none on v5e-64
+  (26.41 GiB at 1 video per chip of 16: `does not fit`). With `nothing_saveable` (each
+  layer's input kept, its matmuls recomputed backward) it is 1.9 GiB a video on v5e,
+  where 5 fit (the row above), and on v4-32 the 16-video probe fits (30.70 GiB peak of
+  32; the confirmation at 17 ran out of this machine's 24 GiB of RAM, so that row is
+  not in the table). `configs/msrvtt_vitl14.py` now uses `nothing_saveable`; the v5p
+  and v4 rows above are the earlier compiles and say so in their compute column.
+- Rows compile one after another: about 20 minutes each for ViT-B/32 and ViT-B/16 here
+  (three compiles), 10 to 40 minutes for ViT-L/14 (a refused compile is the slow one);
+  a ViT-L/14 compile at 16+ videos per chip needs more than 20 GiB of host RAM.
 """
 
 

@@ -5,9 +5,12 @@
 
 Same recipe as configs/msrvtt_vitb32.py on OpenAI's ViT-L/14 (304 M vision + 123 M text
 parameters; 257 vision tokens a frame). Parameters, gradients and AdamW moments are
-split over `mesh.fsdp` chips (a quarter each here), bfloat16 compute, dots-saveable
-remat; the 24 vision layers run as 2 scan iterations of 12 unrolled layers (the base
-config's scan_unroll). Check that it fits a slice before booking it:
+split over `mesh.fsdp` chips (a quarter each here), bfloat16 compute, remat
+`nothing_saveable` (each layer's input kept, its matmuls recomputed in the backward
+pass: about 1.9 GiB a video per chip where `dots_saveable` takes 11 to 24 GiB, so 5
+videos per chip fit a v5e chip instead of none; benchmarks/RESULTS_tpu_compile.md);
+the 24 vision layers run as 2 scan iterations of 12 unrolled layers (the base config's
+scan_unroll). Check that it fits a slice before booking it:
   python -m ps_jax.main --mode compile --config configs/msrvtt_vitl14.py --workdir /tmp/c \
       --config.compile.topology=v5p-128 --config.compile.find_max_batch=True
 (benchmarks/RESULTS_tpu_compile.md has the compiled table). The paper reports no
@@ -29,6 +32,6 @@ def get_config():
                            num_attention_heads=12)
   c.model.clip.projection_dim = 768
   c.model.dtype = "bfloat16"
-  c.model.remat_policy = "dots_saveable"
+  c.model.remat_policy = "nothing_saveable"
   c.mesh.fsdp = 4
   return c

@@ -429,8 +429,10 @@ def test_tpu_compile_table_rows_are_made_from_the_kept_records():
     if rec is not None:
       assert rec["slice"].split()[0] == module.ROWS[name][0] and rec["frames"] == module.FRAMES
       lb = rec["largest_batch"]
-      assert lb["videos_per_chip"] <= lb["predicted"] and all(
-          fits for _, _, fits in lb["probes"])
+      assert 1 <= lb["videos_per_chip"] <= lb["predicted"]
+      # a probe fits exactly when it is no larger than the batch the search settled on
+      assert [fits for _, _, fits in lb["probes"]] == [
+          b <= lb["videos_per_chip"] for b, _, _ in lb["probes"]], (name, lb)
 
 
 def test_tpu_compile_table_update_docs_rewrites_the_quoted_tables(tmp_path, monkeypatch):
