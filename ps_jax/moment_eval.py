@@ -156,7 +156,8 @@ def evaluate_moments(config, workdir: str, *, split: Optional[str] = None) -> di
   texts = [q[1] for q in queries]
   targets = [(q[0], q[2], q[3]) for q in queries]
   text_emb = np.asarray(searcher.embed(texts), np.float32)
-  row_emb = np.asarray(store.load_index(out).embeddings, np.float32)
+  row_emb = np.asarray(store.load_index(out, mmap=True, check_norms=False).embeddings,
+                       np.float32)  # checked by the searcher's load above
   within = within_video(text_emb, row_emb, windows, [t[0] for t in targets])
   corpus = [[(m["video"], m["start"], m["end"]) for m in ms]
             for ms in searcher.search_moments(texts, K)]

@@ -66,6 +66,7 @@ class Protocol:
 
 
 _MSRVTT_TEST = SplitCounts(1000, 1000)
+_ANET_FILES = ("train_ids.json", "train.json", "val_ids.json", "val_1.json")
 PROTOCOLS = {p.name: p for p in (
     Protocol("msrvtt/9k", "msrvtt/9k", "one caption (training: all 20 of a video)",
              ("MSRVTT_train.9k.csv", "MSRVTT_data.json", "MSRVTT_JSFUSION_test.csv"),
@@ -88,7 +89,7 @@ PROTOCOLS = {p.name: p for p in (
     Protocol("activitynet/val1-paragraph", "activitynet",
              "a paragraph: all sentences of the video joined, truncated to the text "
              "context (77 CLIP tokens, EOS kept)",
-             ("train_ids.json", "train.json", "val_ids.json", "val_1.json"),
+             _ANET_FILES,
              {"train": SplitCounts(10007, 10007), "test": SplitCounts(4916, 4916)},
              "val_1.json annotates 4,917 videos and val_ids.json lists 4,925; the "
              "official code (like CLIP4Clip) evaluates the 4,916 ids of val_ids.json that "
@@ -98,7 +99,7 @@ PROTOCOLS = {p.name: p for p in (
              "one sentence; its ground truth the [start, end] seconds of val_1.json "
              "(train.json) it describes, in its own video (within video) or among all "
              "the split's videos (corpus)",
-             ("train_ids.json", "train.json", "val_ids.json", "val_1.json"),
+             _ANET_FILES,
              {"train": SplitCounts(10007, 37414), "test": SplitCounts(4916, 17500)},
              "the videos of activitynet/val1-paragraph, every sentence with its own "
              "timestamps (ordered, clipped to the video's duration; train.json's 2 empty "

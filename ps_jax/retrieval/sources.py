@@ -9,6 +9,7 @@ model.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 import threading
@@ -124,17 +125,19 @@ def dataset_source(dataset_dir: str, dataset: str, split: str) -> VideoSource:
   info = {"kind": "dataset", "dataset_dir": os.path.abspath(dataset_dir), "dataset": dataset,
           "split": split, "version_dir": split_data.version_dir}
   fps = split_data.index.get("settings", {}).get("fps")
-  known = {}  # video id -> seconds of the annotations (moments.json), for native rates
-  if not fps:
-    for videos in read_moments(split_data.version_dir).values():
-      known.update((v, m["duration"]) for v, m in videos.items())
+
+  @functools.lru_cache(maxsize=1)
+  def annotated() -> dict:
+    """video id -> seconds of the annotations (moments.json), read on first use."""
+    return {v: m["duration"] for videos in read_moments(split_data.version_dir).values()
+            for v, m in videos.items()}
 
   def rate(i: int, video: frame_store.StoredVideo) -> float:
     """Source frames per second of video i: the prepared --fps, else its frames over its
     annotated duration."""
     if fps:
       return float(fps)
-    video_id = split_data.video_ids[i]
+    video_id, known = split_data.video_ids[i], annotated()
     if video_id not in known:
       raise windows_lib.NoDurationError(
           f"{split_data.version_dir} [{video_id}]", "the dataset was prepared without "
